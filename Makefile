@@ -1,0 +1,80 @@
+# Two commands do everything on a fresh machine: `make test` and `make book`.
+# Set-up (virtual environment, pinned installs, data, vendored scripts) happens inside them, once: stamp files
+# in .venv/.stamps depend on the requirement files, so a second run skips straight to the work.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := $(VENV)/.stamps
+VENDOR := .vendor/static/vendor
+NODE_MODULES := book/_vendor/node_modules
+PYTEST_WORKERS ?= 2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: test book student lint setup vendor clean
+
+## make test: unit tests (no network), then every notebook executed in the fast profile, book built unexecuted
+test: setup vendor
+	$(BIN)/ruff check mmcourse tests book notebooks
+	MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --no-execute
+	$(call pytest,tests,-n $(PYTEST_WORKERS) --disable-socket --allow-unix-socket tests,MMCOURSE_REQUIRE_BOOK=1 )
+	cd notebooks && $(call pytest,notebooks,-n $(PYTEST_WORKERS) -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=600 .,MMCOURSE_PROFILE=fast ../)
+
+## make book: the book in _build/html, every notebook executed in this machine's profile (MMCOURSE_PROFILE)
+book: setup vendor
+	$(BIN)/python book/build.py
+
+## make student: student notebooks in student/, solutions cleared, outputs removed
+student: setup
+	$(BIN)/python -m mmcourse.exercises notebooks student
+
+lint: setup
+	$(BIN)/ruff check mmcourse tests notebooks book
+	$(BIN)/ruff format --check mmcourse tests book
+
+# pytest exits 5 when it collected nothing: that must fail loudly, never pass as green.
+# $(1): what is tested, $(2): pytest arguments, $(3): prefix (environment, path to .venv).
+define pytest
+$(3)$(BIN)/python -m pytest $(2); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests from $(1) (exit code 5): nothing was tested."; fi; \
+	exit $$rc
+endef
+
+setup: $(STAMPS)/data
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMPS)/torch: requirements-torch.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -r requirements-torch.txt
+	mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/requirements: requirements.txt $(STAMPS)/torch
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $@
+
+$(STAMPS)/package: pyproject.toml $(STAMPS)/requirements
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+$(STAMPS)/data: mmcourse/data/sources.py $(STAMPS)/package
+	$(BIN)/python -m mmcourse.data install
+	touch $@
+
+# MathJax, require.js and the ipywidgets HTML manager, pinned with integrity hashes in package-lock.json,
+# copied into the book's static files so that the built site loads nothing from outside itself.
+vendor: $(VENDOR)/.stamp
+
+$(VENDOR)/.stamp: book/_vendor/package-lock.json
+	cd book/_vendor && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/html-manager
+	cp -r $(NODE_MODULES)/mathjax/es5 $(VENDOR)/mathjax
+	cp $(NODE_MODULES)/requirejs/require.js $(VENDOR)/require.js
+	cp $(NODE_MODULES)/@jupyter-widgets/html-manager/dist/embed-amd.js $(VENDOR)/html-manager/
+	cp $(NODE_MODULES)/@jupyter-widgets/html-manager/dist/*.{woff2,woff,ttf,eot,svg} $(VENDOR)/html-manager/
+	touch $@
+
+clean:
+	rm -rf _build student .vendor $(NODE_MODULES)

@@ -1,0 +1,80 @@
+"""Sphinx extension for the mmcourse book: the Results page's table, built from the recorded JSON files.
+
+The Results page is read after every other page, so it shows what this very build's notebooks recorded.
+"""
+
+from __future__ import annotations
+
+from docutils import nodes
+from docutils.parsers.rst import Directive
+from sphinx.application import Sphinx
+
+RESULTS_DOCNAME = "book/results"
+
+
+class ResultsTable(Directive):
+    """``{results-table}``: one table per profile of every value recorded with ``mmcourse.results.record``."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        from mmcourse.results import format_value, load, results_dir
+
+        directory = results_dir()
+        results = load(directory)
+        if not results:
+            paragraph = nodes.paragraph(text=f"No results have been recorded yet (looked in {directory}).")
+            return [paragraph]
+        output: list[nodes.Node] = []
+        for profile in dict.fromkeys(result.profile for result in results):
+            rows = [result for result in results if result.profile == profile]
+            section_title = nodes.rubric(text=f"Profile: {profile}")
+            headers = ["chapter", "name", "value", "unit", "machine", "date", "torch"]
+            body = [
+                [r.chapter, r.name, format_value(r.value), r.unit, r.machine, r.date, r.torch] for r in rows
+            ]
+            output += [section_title, _table(headers, body)]
+        return output
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> nodes.table:
+    table = nodes.table(classes=["results-table"])
+    group = nodes.tgroup(cols=len(headers))
+    table += group
+    group += [nodes.colspec(colwidth=1) for _ in headers]
+    head = nodes.thead()
+    group += head
+    head += _row(headers)
+    body = nodes.tbody()
+    group += body
+    for row in rows:
+        body += _row(row)
+    return table
+
+
+def _row(cells: list[str]) -> nodes.row:
+    row = nodes.row()
+    for text in cells:
+        entry = nodes.entry()
+        entry += nodes.paragraph(text=text)
+        row += entry
+    return row
+
+
+def read_results_last(app: Sphinx, env: object, docnames: list[str]) -> None:
+    """Read the Results page after the chapters, whose execution records the values it shows."""
+    if RESULTS_DOCNAME in docnames:
+        docnames.remove(RESULTS_DOCNAME)
+        docnames.append(RESULTS_DOCNAME)
+
+
+def results_always_outdated(app: Sphinx, env: object, added: set, changed: set, removed: set) -> list[str]:
+    """The Results page depends on files outside Sphinx's view: rebuild it every time."""
+    return [RESULTS_DOCNAME] if RESULTS_DOCNAME in getattr(env, "found_docs", set()) else []
+
+
+def setup(app: Sphinx) -> dict:
+    app.add_directive("results-table", ResultsTable)
+    app.connect("env-get-outdated", results_always_outdated)
+    app.connect("env-before-read-docs", read_results_last)
+    return {"version": "0.1", "parallel_read_safe": False, "parallel_write_safe": True}

@@ -1,0 +1,216 @@
+"""One small, readable training loop that every chapter reuses.
+
+``train(model, loss_fn, batches, config)`` runs ``config.steps`` optimizer steps: forward through ``loss_fn``,
+backward, optional gradient clipping, an optimizer step, a learning-rate schedule (constant, or linear warmup
+then cosine decay), a ``tqdm.auto`` progress bar, and a ``History`` of losses, learning rates and evaluations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Batch = Any
+LossOutput = Tensor | tuple[Tensor, Mapping[str, float]]
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0  # max global gradient norm; None turns clipping off
+    schedule: str = "constant"  # "constant" or "cosine" (linear warmup, then cosine decay)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    eval_every: int = 0  # 0: evaluate only at the end (if an evaluate function is given)
+    autocast_bf16: bool = False  # bf16 autocast on CUDA; ignored on the CPU
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} is not one of {SCHEDULES}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+
+
+@dataclass
+class History:
+    """What a training run leaves behind: per-step loss, learning rate and metrics, and evaluations."""
+
+    losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    evaluations: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    seconds: float = 0.0
+    examples: int = 0
+
+    def evaluation_series(self, name: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one evaluated quantity, for plotting."""
+        steps = [step for step, values in self.evaluations if name in values]
+        return steps, [values[name] for _, values in self.evaluations if name in values]
+
+
+def lr_multiplier(step: int, config: TrainConfig) -> float:
+    """The schedule's factor on ``config.learning_rate`` at ``step`` (0-based)."""
+    if config.schedule == "constant":
+        return 1.0
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    decay_steps = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+
+
+def adamw(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with two groups: weight decay on matrices (dim >= 2), none on biases, norms and other vectors."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("the model has no parameters with requires_grad=True: nothing to train")
+    decay = [p for p in parameters if p.dim() >= 2]
+    no_decay = [p for p in parameters if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate, betas=config.betas)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move every tensor in a (nested) tuple, list or dict to ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
+def _batch_source(batches: Iterable[Batch] | Callable[[int], Batch]) -> Callable[[int], Batch]:
+    """A function step -> batch: ``batches`` itself if callable, else its items, cycled epoch after epoch."""
+    if callable(batches) and not hasattr(batches, "__iter__"):
+        return batches  # type: ignore[return-value]
+    iterator: Iterator[Batch] = iter(batches)
+
+    def next_batch(step: int) -> Batch:
+        nonlocal iterator
+        try:
+            return next(iterator)
+        except StopIteration:
+            iterator = iter(batches)
+            try:
+                return next(iterator)
+            except StopIteration:
+                message = "batches yielded nothing: pass a re-iterable (list, DataLoader) that is not empty"
+                raise ValueError(message) from None
+
+    return next_batch
+
+
+def _batch_size(batch: Batch) -> int:
+    if isinstance(batch, Tensor):
+        return batch.shape[0] if batch.dim() else 1
+    if isinstance(batch, Mapping) and batch:
+        return _batch_size(next(iter(batch.values())))
+    if isinstance(batch, (tuple, list)) and batch:
+        return _batch_size(batch[0])
+    return 1
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Batch], LossOutput],
+    batches: Iterable[Batch] | Callable[[int], Batch],
+    config: TrainConfig,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
+    device: torch.device | None = None,
+    history: History | None = None,
+    description: str = "training",
+) -> History:
+    """Train ``model`` for ``config.steps`` steps and return the History.
+
+    ``loss_fn(model, batch)`` returns the scalar loss, or ``(loss, {"accuracy": ...})`` to log metrics too.
+    ``batches`` is a re-iterable of batches (cycled) or a function ``step -> batch``. Batches are moved to
+    ``device`` (default: the model's). ``evaluate(model)`` runs every ``config.eval_every`` steps and at the end,
+    under ``torch.no_grad()`` with the model in eval mode. Pass ``history`` to continue a previous run's record.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    device = device or next(model.parameters()).device
+    optimizer = optimizer or adamw(model, config)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    history = history or History()
+    next_batch = _batch_source(batches)
+    use_autocast = config.autocast_bf16 and device.type == "cuda"
+    start = time.perf_counter()
+
+    def run_evaluation(step: int) -> None:
+        model.eval()
+        with torch.no_grad():
+            values = {key: float(value) for key, value in evaluate(model).items()}  # type: ignore[misc]
+        model.train()
+        history.evaluations.append((step, values))
+
+    model.train()
+    bar = tqdm(range(config.steps), desc=description, disable=not config.progress, mininterval=0.5)
+    for step in bar:
+        multiplier = lr_multiplier(step, config)
+        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base_lr * multiplier
+        batch = to_device(next_batch(step), device)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
+        with autocast:
+            output = loss_fn(model, batch)
+        loss, metrics = output if isinstance(output, tuple) else (output, {})
+        if not isinstance(loss, Tensor) or loss.dim() != 0:
+            raise ValueError("loss_fn must return a scalar tensor (or a (scalar tensor, metrics dict) pair)")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower learning_rate or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+
+        history.losses.append(loss.item())
+        history.learning_rates.append(optimizer.param_groups[0]["lr"])
+        for key, value in metrics.items():
+            history.metrics.setdefault(key, []).append(float(value))
+        history.examples += _batch_size(batch)
+        if step % 10 == 0 or step == config.steps - 1:
+            bar.set_postfix(loss=f"{history.losses[-1]:.4f}", refresh=False)
+        due = config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps
+        if evaluate is not None and due:
+            run_evaluation(step + 1)
+    if evaluate is not None:
+        run_evaluation(config.steps)
+    model.eval()
+    history.seconds += time.perf_counter() - start
+    return history

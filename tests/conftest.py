@@ -1,0 +1,27 @@
+"""Shared fixtures. Unit tests never touch the network (make test runs them with sockets disabled)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Record results into a temporary folder, in the fast profile."""
+    monkeypatch.setenv("MMCOURSE_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("MMCOURSE_PROFILE", "fast")
+    return tmp_path / "results"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty data cache."""
+    monkeypatch.setenv("MMCOURSE_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"

@@ -1,0 +1,38 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from mmcourse.results import format_value, load, record
+
+
+def test_record_writes_one_file_per_profile_and_chapter(results_dir: Path) -> None:
+    assert record("01_attention", "attention_ratio", 2.5, "x") == 2.5
+    record("01_attention", "attention_ratio", 3.0, "x")  # re-recording replaces the value
+    record("02_transformer", "transformer_accuracy", 0.97)
+    stored = json.loads((results_dir / "fast" / "01_attention.json").read_text())
+    assert stored["attention_ratio"]["value"] == 3.0
+    assert stored["attention_ratio"]["profile"] == "fast"
+    assert {r.name for r in load(results_dir)} == {"attention_ratio", "transformer_accuracy"}
+    assert [r.chapter for r in load(results_dir)] == ["01_attention", "02_transformer"]
+
+
+@pytest.mark.parametrize(
+    ("chapter", "name", "value", "message"),
+    [
+        ("Chapter 1", "ratio", 1.0, "chapter must look like"),
+        ("01_attention", "Ratio!", 1.0, "name must be lowercase"),
+        ("01_attention", "ratio", "fast", "value for 'ratio' must be a number"),
+        ("01_attention", "ratio", float("nan"), "must be finite"),
+    ],
+)
+def test_record_rejects_bad_input(results_dir: Path, chapter: str, name: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        record(chapter, name, value)  # type: ignore[arg-type]
+
+
+def test_format_value() -> None:
+    assert format_value(0.123456) == "0.1235"
+    assert format_value(12345.0) == "12345"
+    assert format_value(0.0) == "0"
+    assert format_value(1.5e-7) == "1.500e-07"
