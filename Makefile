@@ -19,7 +19,7 @@ test: setup vendor
 	$(BIN)/ruff check mmcourse tests book notebooks
 	MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --no-execute
 	$(call pytest,tests,-n $(PYTEST_WORKERS) --disable-socket --allow-unix-socket tests,MMCOURSE_REQUIRE_BOOK=1 )
-	cd notebooks && $(call pytest,notebooks,-n $(PYTEST_WORKERS) -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=600 .,MMCOURSE_PROFILE=fast ../)
+	cd notebooks && $(call pytest,notebooks,-n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=600 .,MMCOURSE_PROFILE=fast ../)
 
 ## make book: the book in _build/html, every notebook executed in this machine's profile (MMCOURSE_PROFILE)
 book: setup vendor
@@ -33,6 +33,7 @@ lint: setup
 	$(BIN)/ruff check mmcourse tests notebooks book
 	$(BIN)/ruff format --check mmcourse tests book
 
+# Notebooks run with --dist loadfile: all cells of one notebook share one worker and one kernel.
 # pytest exits 5 when it collected nothing: that must fail loudly, never pass as green.
 # $(1): what is tested, $(2): pytest arguments, $(3): prefix (environment, path to .venv).
 define pytest
