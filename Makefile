@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 test: setup vendor
 	$(BIN)/ruff check mmcourse tests book notebooks
 	MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --no-execute
-	$(call pytest,tests,-n $(PYTEST_WORKERS) --disable-socket --allow-unix-socket tests,MMCOURSE_REQUIRE_BOOK=1 )
+	$(call pytest,tests,-n $(PYTEST_WORKERS) -p no:cacheprovider --disable-socket --allow-unix-socket tests,MMCOURSE_REQUIRE_BOOK=1 )
 	cd notebooks && $(call pytest,notebooks,-n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=600 .,MMCOURSE_PROFILE=fast ../)
 
 ## make book: the book in _build/html, every notebook executed in this machine's profile (MMCOURSE_PROFILE)
