@@ -12,18 +12,26 @@ PYTEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: test book student lint setup vendor clean
+.PHONY: test book site-test student lint setup vendor clean
+CHROMIUM := $(shell command -v chromium 2>/dev/null)
 
 ## make test: unit tests (no network), then every notebook executed in the fast profile, book built unexecuted
 test: setup vendor
 	$(BIN)/ruff check mmcourse tests book notebooks
 	MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --no-execute
-	$(call pytest,tests,-n $(PYTEST_WORKERS) -p no:cacheprovider --disable-socket --allow-unix-socket tests,MMCOURSE_REQUIRE_BOOK=1 )
+	$(call pytest,tests,-n $(PYTEST_WORKERS) -p no:cacheprovider --disable-socket --allow-unix-socket --ignore=tests/browser tests,MMCOURSE_REQUIRE_BOOK=1 )
+	$(if $(CHROMIUM),$(MAKE) --no-print-directory site-test,@echo "Chromium is not installed: skipping the browser tests (make site-test)")
 	cd notebooks && $(call pytest,notebooks,-n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=600 .,MMCOURSE_PROFILE=fast ../)
 
 ## make book: the book in _build/html, every notebook executed in this machine's profile (MMCOURSE_PROFILE)
 book: setup vendor
 	$(BIN)/python book/build.py
+
+## make site-test: every page of _build/html in headless Chromium: loads offline, no console error, math typeset,
+## images load, search works; screenshots in _build/screenshots/. Needs Debian's chromium.
+site-test: setup
+	@test -f _build/html/index.html || MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --no-execute
+	$(call pytest,the built site,-p no:cacheprovider tests/browser)
 
 ## make student: student notebooks in student/, solutions cleared, outputs removed
 student: setup

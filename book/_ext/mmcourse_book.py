@@ -30,9 +30,7 @@ class ResultsTable(Directive):
             rows = [result for result in results if result.profile == profile]
             section_title = nodes.rubric(text=f"Profile: {profile}")
             headers = ["chapter", "name", "value", "unit", "machine", "date", "torch"]
-            body = [
-                [r.chapter, r.name, format_value(r.value), r.unit, r.machine, r.date, r.torch] for r in rows
-            ]
+            body = [[r.chapter, r.name, format_value(r.value), r.unit, r.machine, r.date, r.torch] for r in rows]
             output += [section_title, _table(headers, body)]
         return output
 
@@ -73,8 +71,20 @@ def results_always_outdated(app: Sphinx, env: object, added: set, changed: set, 
     return [RESULTS_DOCNAME] if RESULTS_DOCNAME in getattr(env, "found_docs", set()) else []
 
 
+def drop_thebe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: object) -> None:
+    """Live code (thebe) is off in this book, yet sphinx-thebe adds its config script twice (a console error)
+    and names a CDN: drop its scripts from every page."""
+    scripts = context.get("script_files", [])
+    context["script_files"] = [
+        script
+        for script in scripts
+        if "sphinx-thebe.js" not in str(script) and "THEBE_JS_URL" not in str(getattr(script, "attributes", {}))
+    ]
+
+
 def setup(app: Sphinx) -> dict:
     app.add_directive("results-table", ResultsTable)
     app.connect("env-get-outdated", results_always_outdated)
     app.connect("env-before-read-docs", read_results_last)
+    app.connect("html-page-context", drop_thebe_scripts)
     return {"version": "0.1", "parallel_read_safe": False, "parallel_write_safe": True}
