@@ -148,6 +148,7 @@ def train(
     evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
     device: torch.device | None = None,
     history: History | None = None,
+    lr_lambda: Callable[[int], float] | None = None,
     description: str = "training",
 ) -> History:
     """Train ``model`` for ``config.steps`` steps and return the History.
@@ -156,6 +157,8 @@ def train(
     ``batches`` is a re-iterable of batches (cycled) or a function ``step -> batch``. Batches are moved to
     ``device`` (default: the model's). ``evaluate(model)`` runs every ``config.eval_every`` steps and at the end,
     under ``torch.no_grad()`` with the model in eval mode. Pass ``history`` to continue a previous run's record.
+    ``lr_lambda(step)`` (0-based), when given, replaces ``config.schedule`` as the factor on each group's base
+    learning rate: e.g. the Transformer paper's warmup schedule.
     """
     from tqdm.auto import tqdm
 
@@ -181,7 +184,7 @@ def train(
     model.train()
     bar = tqdm(range(config.steps), desc=description, disable=not config.progress, mininterval=0.5)
     for step in bar:
-        multiplier = lr_multiplier(step, config)
+        multiplier = lr_lambda(step) if lr_lambda is not None else lr_multiplier(step, config)
         for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base_lr * multiplier
         batch = to_device(next_batch(step), device)

@@ -119,3 +119,10 @@ def test_history_continues() -> None:
     for _ in range(2):
         train(model, cross_entropy, [classification_batch()], TrainConfig(steps=5, progress=False), history=history)
     assert len(history.losses) == 10
+
+
+def test_lr_lambda_replaces_the_schedule() -> None:
+    model = nn.Linear(8, 4)
+    config = TrainConfig(steps=4, learning_rate=0.5, schedule="cosine", progress=False)
+    history = train(model, cross_entropy, [classification_batch()], config, lr_lambda=lambda step: 1 / (step + 1))
+    assert history.learning_rates == pytest.approx([0.5, 0.25, 0.5 / 3, 0.125])
