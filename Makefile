@@ -50,7 +50,9 @@ $(3)$(BIN)/python -m pytest $(2); rc=$$?; \
 	exit $$rc
 endef
 
-setup: $(STAMPS)/data
+# The data check runs every time (it takes a second): a deleted cache is fetched again, not reported missing.
+setup: $(STAMPS)/package
+	@$(BIN)/python -m mmcourse.data install --quiet
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,10 +68,6 @@ $(STAMPS)/requirements: requirements.txt $(STAMPS)/torch
 
 $(STAMPS)/package: pyproject.toml $(STAMPS)/requirements
 	$(BIN)/python -m pip install -q --no-deps -e .
-	touch $@
-
-$(STAMPS)/data: mmcourse/data/sources.py $(STAMPS)/package
-	$(BIN)/python -m mmcourse.data install
 	touch $@
 
 # MathJax, require.js and the ipywidgets HTML manager, pinned with integrity hashes in package-lock.json,

