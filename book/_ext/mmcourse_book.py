@@ -82,8 +82,18 @@ def drop_thebe_scripts(app: Sphinx, pagename: str, templatename: str, context: d
     ]
 
 
+# The ipywidgets HTML manager finds its fonts relative to the AMD module's URL. Unconfigured, require.js puts
+# that URL next to the page (notebooks/@jupyter-widgets/...: 404). Point the module's path at the vendored copy;
+# a global ``require`` object defined before require.js loads is its configuration.
+WIDGETS_REQUIRE_CONFIG = (
+    'var require = {paths: {"@jupyter-widgets/html-manager/dist": '
+    'document.documentElement.dataset.content_root + "_static/vendor/html-manager"}};'
+)
+
+
 def setup(app: Sphinx) -> dict:
     app.add_directive("results-table", ResultsTable)
+    app.add_js_file(None, body=WIDGETS_REQUIRE_CONFIG, priority=100)
     app.connect("env-get-outdated", results_always_outdated)
     app.connect("env-before-read-docs", read_results_last)
     app.connect("html-page-context", drop_thebe_scripts)

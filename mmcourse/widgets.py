@@ -1,0 +1,56 @@
+"""Interactive explorers for Jupyter (ipywidgets). The book shows a static figure beside each one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def model_attentions(model: Any, tokenizer: Any, text: str) -> tuple[torch.Tensor, list[str]]:
+    """Run a Hugging Face encoder on ``text``; return its attention weights (layers, heads, L, L) and tokens.
+
+    The model must be loaded with ``attn_implementation="eager"`` (fused kernels return no weights).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("text must be a non-empty string")
+    encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=64)
+    with torch.no_grad():
+        output = model(**encoded, output_attentions=True)
+    if not output.attentions or output.attentions[0] is None:
+        raise ValueError("the model returned no attention weights: load it with attn_implementation='eager'")
+    attn_weights = torch.stack(output.attentions)[:, 0]  # (layers, heads, L, L)
+    return attn_weights, tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])
+
+
+def attention_explorer(model: Any, tokenizer: Any, text: str = "The cat sat on the mat because it was tired."):
+    """A text box and layer/head sliders over a Hugging Face encoder's attention maps."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    from mmcourse.viz import attention_heatmap
+
+    n_layers = model.config.num_hidden_layers
+    n_heads = model.config.num_attention_heads
+    text_box = widgets.Text(value=text, description="sentence", layout=widgets.Layout(width="60%"))
+    layer = widgets.IntSlider(value=0, min=0, max=n_layers - 1, description="layer")
+    head = widgets.IntSlider(value=0, min=0, max=n_heads - 1, description="head")
+    output = widgets.Output()
+
+    def redraw(*_: object) -> None:
+        with output:
+            output.clear_output(wait=True)
+            try:
+                attn_weights, tokens = model_attentions(model, tokenizer, text_box.value)
+            except ValueError as error:
+                print(error)
+                return
+            figure, ax = plt.subplots(figsize=(5, 4.5))
+            attention_heatmap(attn_weights[layer.value, head.value], tokens, tokens, ax=ax,
+                              title=f"layer {layer.value}, head {head.value}")  # fmt: skip
+            plt.show()
+
+    for control in (text_box, layer, head):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([text_box, widgets.HBox([layer, head]), output])

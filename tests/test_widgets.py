@@ -1,0 +1,72 @@
+"""The attention explorer and the pattern scores, on a tiny BERT saved to a temporary folder (no hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmcourse.attention import attention_pattern_scores
+from mmcourse.data.models import minilm_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory):
+    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+    folder: Path = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    BertModel(config).save_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    return model, AutoTokenizer.from_pretrained(minilm_dir())
+
+
+def test_model_attentions_returns_every_layer_and_head(tiny_bert) -> None:
+    from mmcourse.widgets import model_attentions
+
+    model, tokenizer = tiny_bert
+    attn_weights, tokens = model_attentions(model, tokenizer, "a red square")
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+    assert attn_weights.shape == (2, 2, len(tokens), len(tokens))
+    torch.testing.assert_close(attn_weights.sum(-1), torch.ones(2, 2, len(tokens)))
+    with pytest.raises(ValueError, match="non-empty"):
+        model_attentions(model, tokenizer, "  ")
+
+
+def test_explorer_redraws_when_a_control_changes(tiny_bert, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmcourse.widgets import attention_explorer
+
+    shown: list[str] = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(plt.gca().get_title()))
+    model, tokenizer = tiny_bert
+    explorer = attention_explorer(model, tokenizer, "a red square")
+    text_box, sliders, _ = explorer.children
+    layer, head = sliders.children
+    assert (layer.max, head.max) == (1, 1)
+    head.value = 1
+    layer.value = 1
+    text_box.value = "two blue circles"
+    assert shown == ["layer 0, head 0", "layer 0, head 1", "layer 1, head 1", "layer 1, head 1"]
+    plt.close("all")
+
+
+def test_pattern_scores_find_the_pattern_each_head_follows() -> None:
+    length = 6
+    previous = torch.eye(length).roll(-1, dims=1)  # query i looks at key i-1 (row 0 wraps to the last key)
+    previous[0] = torch.eye(length)[0]
+    to_first = torch.zeros(length, length)
+    to_first[:, 0] = 1
+    weights = torch.stack([torch.eye(length), previous, to_first])[None]  # (1 layer, 3 heads, L, L)
+    scores = attention_pattern_scores(weights)
+    assert scores["same token"][0].argmax().item() == 0
+    assert scores["previous token"][0].argmax().item() == 1
+    assert scores["first token"][0].argmax().item() == 2
+    assert scores["previous token"][0, 1].item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="layers, heads, L, L"):
+        attention_pattern_scores(torch.ones(3, 4, 4))
