@@ -1,0 +1,199 @@
+"""Transformer layers: the position-wise feed-forward network and the encoder and decoder layers (chapter 2).
+
+Each layer wraps its sub-layers (attention, feed-forward) in a residual connection and a LayerNorm, either
+*post-LN* (``norm_first=False``, the 2017 paper: ``x = norm(x + sublayer(x))``) or *pre-LN*
+(``norm_first=True``: ``x = x + sublayer(norm(x))``, easier to train deep). Masks are boolean, True = may attend,
+and broadcast to (batch, n_heads, L, S) as in :mod:`mmcourse.attention`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmcourse.attention import MultiHeadAttention, load_torch_multihead
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+
+
+def _check_sizes(d_model: int, n_heads: int, d_ff: int, dropout: float, activation: str) -> None:
+    for name, value in (("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not one of {tuple(ACTIVATIONS)}")
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network: linear1 → activation → dropout → linear2, applied to every token alone."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu") -> None:
+        super().__init__()
+        _check_sizes(d_model, 1, d_ff, dropout, activation)
+        self.activation_name = activation
+        self.activation = ACTIVATIONS[activation]
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(batch, length, d_model) → (batch, length, d_model)."""
+        hidden_states = self.activation(self.linear1(x))  # (batch, length, d_ff)
+        return self.linear2(self.dropout(hidden_states))  # (batch, length, d_model)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each with residual, dropout and LayerNorm (post-LN or pre-LN)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_sizes(d_model, n_heads, d_ff, dropout, activation)
+        self.d_model, self.norm_first = d_model, norm_first
+        self.self_attention = MultiHeadAttention(d_model, n_heads, dropout)
+        self.feed_forward = FeedForward(d_model, d_ff, dropout, activation)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (batch, L, d_model), mask broadcastable to (batch, n_heads, L, L). Returns (x, attn_weights or None)."""
+        if x.dim() != 3 or x.size(-1) != self.d_model:
+            raise ValueError(f"x must be (batch, length, d_model={self.d_model}), got {tuple(x.shape)}")
+        if self.norm_first:
+            attended, attn_weights = self.self_attention(self.norm1(x), mask=mask, need_weights=need_weights)
+            x = x + self.dropout1(attended)  # (batch, L, d_model)
+            x = x + self.dropout2(self.feed_forward(self.norm2(x)))  # (batch, L, d_model)
+        else:
+            attended, attn_weights = self.self_attention(x, mask=mask, need_weights=need_weights)
+            x = self.norm1(x + self.dropout1(attended))  # (batch, L, d_model)
+            x = self.norm2(x + self.dropout2(self.feed_forward(x)))  # (batch, L, d_model)
+        return x, attn_weights
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention over the encoder output, feed-forward; residual + LayerNorm each."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_sizes(d_model, n_heads, d_ff, dropout, activation)
+        self.d_model, self.norm_first = d_model, norm_first
+        self.self_attention = MultiHeadAttention(d_model, n_heads, dropout)
+        self.cross_attention = MultiHeadAttention(d_model, n_heads, dropout)
+        self.feed_forward = FeedForward(d_model, d_ff, dropout, activation)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """x (batch, T, d_model), memory (batch, S, d_model); self_mask → (batch, n_heads, T, T), memory_mask →
+        (batch, n_heads, T, S). Returns (x, self attn_weights or None, cross attn_weights or None)."""
+        if x.dim() != 3 or x.size(-1) != self.d_model:
+            raise ValueError(f"x must be (batch, length, d_model={self.d_model}), got {tuple(x.shape)}")
+        if memory.dim() != 3 or memory.size(-1) != self.d_model or memory.size(0) != x.size(0):
+            raise ValueError(
+                f"memory must be (batch={x.size(0)}, S, d_model={self.d_model}), got {tuple(memory.shape)}"
+            )
+        if self.norm_first:
+            attended, self_weights = self.self_attention(self.norm1(x), mask=self_mask, need_weights=need_weights)
+            x = x + self.dropout1(attended)  # (batch, T, d_model)
+            attended, cross_weights = self.cross_attention(
+                self.norm2(x), memory, memory, mask=memory_mask, need_weights=need_weights
+            )
+            x = x + self.dropout2(attended)  # (batch, T, d_model)
+            x = x + self.dropout3(self.feed_forward(self.norm3(x)))  # (batch, T, d_model)
+        else:
+            attended, self_weights = self.self_attention(x, mask=self_mask, need_weights=need_weights)
+            x = self.norm1(x + self.dropout1(attended))  # (batch, T, d_model)
+            attended, cross_weights = self.cross_attention(
+                x, memory, memory, mask=memory_mask, need_weights=need_weights
+            )
+            x = self.norm2(x + self.dropout2(attended))  # (batch, T, d_model)
+            x = self.norm3(x + self.dropout3(self.feed_forward(x)))  # (batch, T, d_model)
+        return x, self_weights, cross_weights
+
+
+def _torch_activation_name(torch_layer: nn.Module) -> str:
+    activation = torch_layer.activation
+    if activation is F.relu or isinstance(activation, nn.ReLU):
+        return "relu"
+    if activation is F.gelu or (isinstance(activation, nn.GELU) and activation.approximate == "none"):
+        return "gelu"
+    raise ValueError(f"torch layer activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
+
+
+def _check_torch_layer(ours: EncoderLayer | DecoderLayer, torch_layer: nn.Module) -> None:
+    if torch_layer.norm_first != ours.norm_first:
+        raise ValueError(f"norm_first differs: torch has {torch_layer.norm_first}, ours has {ours.norm_first}")
+    if torch_layer.linear1.out_features != ours.feed_forward.linear1.out_features:
+        raise ValueError(
+            f"d_ff differs: torch has {torch_layer.linear1.out_features}, "
+            f"ours has {ours.feed_forward.linear1.out_features}"
+        )
+    activation = _torch_activation_name(torch_layer)
+    if activation != ours.feed_forward.activation_name:
+        raise ValueError(
+            f"activation differs: torch has {activation!r}, ours has {ours.feed_forward.activation_name!r}"
+        )
+
+
+def _copy_module(target: nn.Module, source: nn.Module) -> None:
+    target.load_state_dict(source.state_dict())
+
+
+def load_torch_encoder_layer(ours: EncoderLayer, torch_layer: nn.TransformerEncoderLayer) -> EncoderLayer:
+    """Copy a ``torch.nn.TransformerEncoderLayer``'s weights into ``ours`` (same sizes, norm_first, activation)."""
+    _check_torch_layer(ours, torch_layer)
+    load_torch_multihead(ours.self_attention, torch_layer.self_attn)
+    _copy_module(ours.feed_forward.linear1, torch_layer.linear1)
+    _copy_module(ours.feed_forward.linear2, torch_layer.linear2)
+    _copy_module(ours.norm1, torch_layer.norm1)
+    _copy_module(ours.norm2, torch_layer.norm2)
+    return ours
+
+
+def load_torch_decoder_layer(ours: DecoderLayer, torch_layer: nn.TransformerDecoderLayer) -> DecoderLayer:
+    """Copy a ``torch.nn.TransformerDecoderLayer``'s weights into ``ours`` (same sizes, norm_first, activation)."""
+    _check_torch_layer(ours, torch_layer)
+    load_torch_multihead(ours.self_attention, torch_layer.self_attn)
+    load_torch_multihead(ours.cross_attention, torch_layer.multihead_attn)
+    _copy_module(ours.feed_forward.linear1, torch_layer.linear1)
+    _copy_module(ours.feed_forward.linear2, torch_layer.linear2)
+    _copy_module(ours.norm1, torch_layer.norm1)
+    _copy_module(ours.norm2, torch_layer.norm2)
+    _copy_module(ours.norm3, torch_layer.norm3)
+    return ours

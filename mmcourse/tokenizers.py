@@ -1,0 +1,95 @@
+"""Tokenizers: turning text into token ids and back, and padding a batch of id sequences.
+
+``CharVocabulary`` is the simplest tokenizer: one token per character plus a few special tokens. ``pad_batch``
+turns id lists of different lengths into one tensor and its Hugging Face style ``attention_mask``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-pad id lists to the longest. Returns (input_ids (batch, T) int64, attention_mask (batch, T), 1 = real)."""
+    if len(sequences) == 0:
+        raise ValueError("sequences must hold at least one id list")
+    longest = max(len(sequence) for sequence in sequences)
+    if longest == 0:
+        raise ValueError("sequences are all empty: nothing to pad")
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)  # (batch, T)
+    attention_mask = torch.zeros(len(sequences), longest, dtype=torch.long)  # (batch, T)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
+        attention_mask[row, : len(sequence)] = 1
+    return input_ids, attention_mask
+
+
+class CharVocabulary:
+    """One id per character; ids 0–3 are the special tokens ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>``."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"tokens must start with the special tokens {SPECIAL_TOKENS}, got {tuple(tokens[:4])}")
+        characters = tokens[len(SPECIAL_TOKENS) :]
+        if any(len(character) != 1 for character in characters):
+            raise ValueError("every token after the special tokens must be a single character")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("tokens must not repeat")
+        self.tokens: list[str] = list(tokens)
+        self.token_to_id: dict[str, int] = {token: index for index, token in enumerate(self.tokens)}
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = range(len(SPECIAL_TOKENS))
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> CharVocabulary:
+        """A vocabulary of every character in ``texts`` (sorted), after the special tokens."""
+        characters = sorted({character for text in texts for character in text})
+        return cls([*SPECIAL_TOKENS, *characters])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of tokens, special tokens included."""
+        return len(self.tokens)
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Characters → ids (``<unk>`` for a character never seen), optionally wrapped in ``<bos>`` … ``<eos>``."""
+        ids = [self.token_to_id.get(character, self.unk_id) for character in text]
+        return [self.bos_id] * add_bos + ids + [self.eos_id] * add_eos
+
+    def decode(self, ids: Iterable[int] | Tensor, skip_special: bool = True) -> str:
+        """Ids → text; special tokens are dropped when ``skip_special``, else written as ``<pad>`` etc."""
+        if isinstance(ids, Tensor):
+            if ids.dim() != 1:
+                raise ValueError(f"ids must be one sequence (T,), got shape {tuple(ids.shape)}")
+            ids = ids.tolist()
+        special = len(SPECIAL_TOKENS)
+        pieces = []
+        for index in ids:
+            if not 0 <= index < len(self.tokens):
+                raise ValueError(f"id {index} is outside the vocabulary [0, {len(self.tokens)})")
+            if index < special and skip_special:
+                continue
+            pieces.append(self.tokens[index])
+        return "".join(pieces)
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False) -> tuple[Tensor, Tensor]:
+        """Encode and right-pad ``texts``: (input_ids (batch, T), attention_mask (batch, T))."""
+        return pad_batch([self.encode(text, add_bos, add_eos) for text in texts], self.pad_id)
+
+    def save(self, path: str | Path) -> None:
+        """Write the token list as JSON."""
+        Path(path).write_text(json.dumps({"tokens": self.tokens}, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CharVocabulary:
+        """Read a vocabulary written by :meth:`save`."""
+        return cls(json.loads(Path(path).read_text(encoding="utf-8"))["tokens"])

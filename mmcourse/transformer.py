@@ -1,0 +1,328 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017) (chapter 2).
+
+``Seq2SeqTransformer`` = token embeddings (× √d_model) + sinusoidal positions → an ``Encoder`` stack over the
+source and a ``Decoder`` stack over the target prefix that cross-attends to the encoder output (the *memory*) →
+a linear projection to target-vocabulary logits. ``encode`` and ``decode`` are separate so that generation
+(:mod:`mmcourse.generation`) encodes the source once. ``attention_mask`` arguments have the Hugging Face meaning:
+1 = real token, 0 = padding; when omitted they are derived from ``config.pad_id``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmcourse.attention import causal_mask, padding_mask
+from mmcourse.layers import ACTIVATIONS, DecoderLayer, EncoderLayer, load_torch_decoder_layer, load_torch_encoder_layer
+from mmcourse.positional import SinusoidalPositionalEncoding
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    src_vocab_size: int
+    tgt_vocab_size: int
+    d_model: int = 128
+    n_heads: int = 4
+    n_encoder_layers: int = 2
+    n_decoder_layers: int = 2
+    d_ff: int = 512
+    dropout: float = 0.1
+    context_length: int = 64  # longest source or target sequence, in tokens
+    norm_first: bool = True  # pre-LN (True) or the 2017 post-LN (False)
+    share_embeddings: bool = False  # one embedding table for source and target (needs equal vocab sizes)
+    tie_output: bool = True  # the output projection reuses the target embedding matrix
+    activation: str = "relu"  # "relu" or "gelu"
+    final_norm: bool | None = None  # a LayerNorm after each stack; None: the same as norm_first
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "context_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("n_encoder_layers", "n_decoder_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.d_model % 2:
+            raise ValueError(f"d_model={self.d_model} must be even: sinusoidal positions use (sin, cos) pairs")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r} is not one of {tuple(ACTIVATIONS)}")
+        for name in ("norm_first", "share_embeddings", "tie_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.final_norm is not None and not isinstance(self.final_norm, bool):
+            raise ValueError(f"final_norm must be a bool or None, got {self.final_norm!r}")
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ValueError(
+                f"share_embeddings=True needs src_vocab_size == tgt_vocab_size, got {self.src_vocab_size} and "
+                f"{self.tgt_vocab_size}"
+            )
+        smallest = min(self.src_vocab_size, self.tgt_vocab_size)
+        if not isinstance(self.pad_id, int) or isinstance(self.pad_id, bool) or not 0 <= self.pad_id < smallest:
+            raise ValueError(f"pad_id must be an int in [0, {smallest}) (both vocabularies), got {self.pad_id!r}")
+
+    @property
+    def use_final_norm(self) -> bool:
+        """Whether each stack ends in a LayerNorm (``final_norm``, defaulting to ``norm_first``)."""
+        return self.norm_first if self.final_norm is None else self.final_norm
+
+
+class Encoder(nn.Module):
+    """A stack of encoder layers (and an optional final LayerNorm) over already-embedded inputs."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                config.d_model, config.n_heads, config.d_ff, config.dropout, config.activation, config.norm_first
+            )
+            for _ in range(config.n_encoder_layers)
+        )
+        self.norm = nn.LayerNorm(config.d_model) if config.use_final_norm else None
+
+    def forward(
+        self, hidden_states: Tensor, mask: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        """hidden_states (batch, S, d_model), mask → (batch, n_heads, S, S). Returns (memory, per-layer weights)."""
+        all_weights = [] if need_weights else None
+        for layer in self.layers:
+            hidden_states, attn_weights = layer(hidden_states, mask, need_weights)  # (batch, S, d_model)
+            if all_weights is not None:
+                all_weights.append(attn_weights)  # (batch, n_heads, S, S)
+        if self.norm is not None:
+            hidden_states = self.norm(hidden_states)  # (batch, S, d_model)
+        return hidden_states, all_weights
+
+
+class Decoder(nn.Module):
+    """A stack of decoder layers (and an optional final LayerNorm) over already-embedded target inputs."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                config.d_model, config.n_heads, config.d_ff, config.dropout, config.activation, config.norm_first
+            )
+            for _ in range(config.n_decoder_layers)
+        )
+        self.norm = nn.LayerNorm(config.d_model) if config.use_final_norm else None
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        memory: Tensor,
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[Tensor] | None, list[Tensor] | None]:
+        """hidden_states (batch, T, d_model), memory (batch, S, d_model). Returns (hidden_states, self weights,
+        cross weights), the weights as per-layer lists when ``need_weights``."""
+        self_weights = [] if need_weights else None
+        cross_weights = [] if need_weights else None
+        for layer in self.layers:
+            hidden_states, layer_self, layer_cross = layer(
+                hidden_states, memory, self_mask, memory_mask, need_weights
+            )  # (batch, T, d_model)
+            if need_weights:
+                self_weights.append(layer_self)  # (batch, n_heads, T, T)
+                cross_weights.append(layer_cross)  # (batch, n_heads, T, S)
+        if self.norm is not None:
+            hidden_states = self.norm(hidden_states)  # (batch, T, d_model)
+        return hidden_states, self_weights, cross_weights
+
+
+class Seq2SeqTransformer(nn.Module):
+    """Encoder-decoder Transformer: source ids + target prefix ids → next-target-token logits."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        if not isinstance(config, TransformerConfig):
+            raise ValueError(f"config must be a TransformerConfig, got {type(config).__name__}")
+        self.config = config
+        self.src_embedding = nn.Embedding(config.src_vocab_size, config.d_model)
+        self.tgt_embedding = (
+            self.src_embedding if config.share_embeddings else nn.Embedding(config.tgt_vocab_size, config.d_model)
+        )
+        self.positional = SinusoidalPositionalEncoding(config.d_model, config.context_length)
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.output_projection = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
+        self.reset_parameters()
+        if config.tie_output:
+            self.output_projection.weight = self.tgt_embedding.weight  # one (tgt_vocab_size, d_model) matrix
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform matrices in the stacks (as nn.Transformer); embeddings N(0, 1/d_model), so ×√d_model ≈ 1."""
+        for stack in (self.encoder, self.decoder):
+            for parameter in stack.parameters():
+                if parameter.dim() > 1:
+                    nn.init.xavier_uniform_(parameter)
+        for embedding in (self.src_embedding, self.tgt_embedding):
+            nn.init.normal_(embedding.weight, std=self.config.d_model**-0.5)
+        if not self.config.tie_output:
+            nn.init.normal_(self.output_projection.weight, std=self.config.d_model**-0.5)
+
+    def _check_ids(self, name: str, ids: Tensor, vocab_size: int) -> None:
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{name} must be an integer tensor (batch, length), got {ids.dtype} {tuple(ids.shape)}")
+        if ids.size(1) < 1 or ids.size(1) > self.config.context_length:
+            raise ValueError(f"{name} length {ids.size(1)} must be in [1, context_length={self.config.context_length}]")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise ValueError(f"{name} must hold ids in [0, {vocab_size}), got {ids.min().item()}…{ids.max().item()}")
+
+    def attention_mask_for(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The (batch, length) 1/0 attention mask: ``attention_mask`` checked, or ``ids != pad_id`` when None."""
+        if attention_mask is None:
+            return (ids != self.config.pad_id).long()  # (batch, length)
+        if attention_mask.shape != ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of the ids {tuple(ids.shape)}, got {tuple(attention_mask.shape)}"
+            )
+        return attention_mask
+
+    def embed(self, ids: Tensor, embedding: nn.Embedding) -> Tensor:
+        """Embedding × √d_model + sinusoidal positions, then dropout: (batch, length) → (batch, length, d_model)."""
+        hidden_states = embedding(ids) * math.sqrt(self.config.d_model)  # (batch, length, d_model)
+        return self.dropout(self.positional(hidden_states))  # (batch, length, d_model)
+
+    def encode(
+        self, src_ids: Tensor, src_attention_mask: Tensor | None = None, need_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """src_ids (batch, S) → memory (batch, S, d_model); with ``need_weights`` also the encoder self-attention
+        weights (n_encoder_layers, batch, n_heads, S, S)."""
+        self._check_ids("src_ids", src_ids, self.config.src_vocab_size)
+        src_attention_mask = self.attention_mask_for(src_ids, src_attention_mask)
+        hidden_states = self.embed(src_ids, self.src_embedding)  # (batch, S, d_model)
+        memory, weights = self.encoder(hidden_states, padding_mask(src_attention_mask), need_weights)
+        if need_weights:
+            return memory, torch.stack(weights)  # (batch, S, d_model), (layers, batch, n_heads, S, S)
+        return memory
+
+    def decode(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        src_attention_mask: Tensor | None = None,
+        tgt_attention_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """tgt_ids (batch, T), memory (batch, S, d_model) → logits (batch, T, tgt_vocab_size).
+
+        ``src_attention_mask`` (batch, S) hides padded memory positions; None attends to every position, so pass
+        the mask that ``encode`` used. With ``need_weights`` returns (logits, self weights, cross weights), the
+        weights stacked (n_decoder_layers, batch, n_heads, T, T) and (n_decoder_layers, batch, n_heads, T, S).
+        """
+        self._check_ids("tgt_ids", tgt_ids, self.config.tgt_vocab_size)
+        if memory.dim() != 3 or memory.size(0) != tgt_ids.size(0) or memory.size(-1) != self.config.d_model:
+            raise ValueError(
+                f"memory must be (batch={tgt_ids.size(0)}, S, d_model={self.config.d_model}), got {tuple(memory.shape)}"
+            )
+        tgt_attention_mask = self.attention_mask_for(tgt_ids, tgt_attention_mask)
+        causal = causal_mask(tgt_ids.size(1), device=tgt_ids.device)  # (T, T)
+        self_mask = causal & padding_mask(tgt_attention_mask)  # (batch, 1, T, T): causal AND real keys
+        memory_mask = None
+        if src_attention_mask is not None:
+            if src_attention_mask.shape != memory.shape[:2]:
+                raise ValueError(
+                    f"src_attention_mask must be (batch, S) = {tuple(memory.shape[:2])}, got "
+                    f"{tuple(src_attention_mask.shape)}"
+                )
+            memory_mask = padding_mask(src_attention_mask)  # (batch, 1, 1, S)
+        hidden_states = self.embed(tgt_ids, self.tgt_embedding)  # (batch, T, d_model)
+        hidden_states, self_weights, cross_weights = self.decoder(
+            hidden_states, memory, self_mask, memory_mask, need_weights
+        )  # (batch, T, d_model)
+        logits = self.output_projection(hidden_states)  # (batch, T, tgt_vocab_size)
+        if need_weights:
+            return logits, torch.stack(self_weights), torch.stack(cross_weights)
+        return logits
+
+    def forward(
+        self,
+        src_ids: Tensor,
+        tgt_ids: Tensor,
+        src_attention_mask: Tensor | None = None,
+        tgt_attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Teacher forcing: src_ids (batch, S), tgt_ids (batch, T) → logits (batch, T, tgt_vocab_size)."""
+        src_attention_mask = self.attention_mask_for(src_ids, src_attention_mask)
+        memory = self.encode(src_ids, src_attention_mask)  # (batch, S, d_model)
+        return self.decode(tgt_ids, memory, src_attention_mask, tgt_attention_mask)  # (batch, T, tgt_vocab_size)
+
+
+def sequence_loss(logits: Tensor, labels: Tensor, pad_id: int = 0, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy over the non-pad labels. logits (batch, T, vocab_size), labels (batch, T)."""
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"logits must be (batch, T, vocab_size) and labels (batch, T), got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    return F.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=pad_id, label_smoothing=label_smoothing
+    )  # pads are ignored, not counted in the mean
+
+
+def warmup_inverse_sqrt(step: int, d_model: int, warmup: int) -> float:
+    """The 2017 learning rate d_model^-0.5 · min(step^-0.5, step · warmup^-1.5), ``step`` counted from 1.
+
+    It rises linearly for ``warmup`` steps, peaks at step == warmup, then decays as 1/√step. With
+    :func:`mmcourse.train.train` (0-based steps) use ``lr_lambda=lambda s: warmup_inverse_sqrt(s + 1, d_model,
+    warmup)`` and ``learning_rate=1.0`` (or a scale factor).
+    """
+    for name, value in (("step", step), ("d_model", d_model), ("warmup", warmup)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+
+
+def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters, each shared (tied) tensor counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def load_torch_transformer(model: Seq2SeqTransformer, torch_transformer: nn.Transformer) -> Seq2SeqTransformer:
+    """Copy a ``torch.nn.Transformer`` (batch_first=True)'s encoder and decoder stacks into ``model``.
+
+    nn.Transformer has no embeddings or output projection (those stay as they are) and always ends each stack
+    in a LayerNorm: ``model`` needs ``final_norm`` on (set ``final_norm=True`` for a post-LN model).
+    """
+    config = model.config
+    torch_encoder, torch_decoder = torch_transformer.encoder, torch_transformer.decoder
+    if len(torch_encoder.layers) != config.n_encoder_layers or len(torch_decoder.layers) != config.n_decoder_layers:
+        raise ValueError(
+            f"layer counts differ: torch has {len(torch_encoder.layers)} encoder / {len(torch_decoder.layers)} "
+            f"decoder layers, ours n_encoder_layers={config.n_encoder_layers}, "
+            f"n_decoder_layers={config.n_decoder_layers}"
+        )
+    if torch_transformer.d_model != config.d_model or torch_transformer.nhead != config.n_heads:
+        raise ValueError(
+            f"sizes differ: torch has d_model={torch_transformer.d_model}, nhead={torch_transformer.nhead}; ours "
+            f"d_model={config.d_model}, n_heads={config.n_heads}"
+        )
+    if not torch_transformer.batch_first:
+        raise ValueError("torch_transformer must be built with batch_first=True")
+    if (torch_encoder.norm is None) != (model.encoder.norm is None) or (torch_decoder.norm is None) != (
+        model.decoder.norm is None
+    ):
+        raise ValueError("final_norm differs: nn.Transformer ends each stack in a LayerNorm; set final_norm=True")
+    for ours, theirs in zip(model.encoder.layers, torch_encoder.layers, strict=True):
+        load_torch_encoder_layer(ours, theirs)
+    for ours, theirs in zip(model.decoder.layers, torch_decoder.layers, strict=True):
+        load_torch_decoder_layer(ours, theirs)
+    with torch.no_grad():
+        for ours, theirs in ((model.encoder.norm, torch_encoder.norm), (model.decoder.norm, torch_decoder.norm)):
+            if ours is not None:
+                ours.load_state_dict(theirs.state_dict())
+    return model
