@@ -113,6 +113,15 @@ def load(directory: Path | None = None) -> list[Result]:
     return sorted(found, key=lambda r: (order[r.profile], r.chapter, r.name))
 
 
+def with_measurements(built: list[Result], measured: list[Result]) -> list[Result]:
+    """This build's results, plus committed measurements (e.g. from a GPU machine) for the profiles this build did
+    not run: a profile's numbers always come from one source, never mixed."""
+    profiles_built = {result.profile for result in built}
+    merged = built + [result for result in measured if result.profile not in profiles_built]
+    order = {profile: index for index, profile in enumerate(PROFILES)}
+    return sorted(merged, key=lambda r: (order[r.profile], r.chapter, r.name))
+
+
 def format_value(value: float) -> str:
     """Up to four significant digits, without scientific notation for everyday magnitudes."""
     if value == 0 or 1e-3 <= abs(value) < 1e6:

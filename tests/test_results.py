@@ -36,3 +36,16 @@ def test_format_value() -> None:
     assert format_value(12345.0) == "12345"
     assert format_value(0.0) == "0"
     assert format_value(1.5e-7) == "1.500e-07"
+
+
+def test_committed_measurements_fill_only_the_profiles_this_build_did_not_run() -> None:
+    from mmcourse.results import Result, with_measurements
+
+    def result(profile: str, name: str, value: float) -> Result:
+        return Result("01_attention", name, value, "", profile, "machine", "2026-11-25", "2.13", "")
+
+    built = [result("cpu", "ratio", 8.0)]
+    measured = [result("cpu", "ratio", 9.0), result("gpu", "ratio", 28.0), result("gpu", "other", 1.0)]
+    merged = with_measurements(built, measured)
+    assert [(r.profile, r.name, r.value) for r in merged] == [("cpu", "ratio", 8.0), ("gpu", "other", 1.0),
+                                                             ("gpu", "ratio", 28.0)]  # fmt: skip

@@ -5,11 +5,14 @@ The Results page is read after every other page, so it shows what this very buil
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from docutils import nodes
 from docutils.parsers.rst import Directive
 from sphinx.application import Sphinx
 
 RESULTS_DOCNAME = "book/results"
+MEASUREMENTS = Path(__file__).resolve().parents[1] / "measurements"  # book/measurements/<profile>/<chapter>.json
 
 
 class ResultsTable(Directive):
@@ -18,19 +21,26 @@ class ResultsTable(Directive):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        from mmcourse.results import format_value, load, results_dir
+        from mmcourse.results import format_value, load, results_dir, with_measurements
 
         directory = results_dir()
-        results = load(directory)
+        built = load(directory)
+        results = with_measurements(built, load(MEASUREMENTS))
         if not results:
             paragraph = nodes.paragraph(text=f"No results have been recorded yet (looked in {directory}).")
             return [paragraph]
+        profiles_built = {result.profile for result in built}
         output: list[nodes.Node] = []
         for profile in dict.fromkeys(result.profile for result in results):
             rows = [result for result in results if result.profile == profile]
-            section_title = nodes.rubric(text=f"Profile: {profile}")
-            headers = ["chapter", "name", "value", "unit", "machine", "date", "torch"]
-            body = [[r.chapter, r.name, format_value(r.value), r.unit, r.machine, r.date, r.torch] for r in rows]
+            source = (
+                "measured by this build" if profile in profiles_built else "committed measurements (book/measurements)"
+            )
+            section_title = nodes.rubric(text=f"Profile: {profile} — {source}")
+            headers = ["chapter", "name", "value", "unit", "note", "machine", "date", "torch"]
+            body = [
+                [r.chapter, r.name, format_value(r.value), r.unit, r.note, r.machine, r.date, r.torch] for r in rows
+            ]
             output += [section_title, _table(headers, body)]
         return output
 
