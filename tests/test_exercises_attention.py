@@ -108,3 +108,8 @@ def test_checkers_never_print_the_answer(capsys: pytest.CaptureFixture[str]) -> 
 def test_causal_mask_checker_catches_a_missing_lower_triangle(capsys: pytest.CaptureFixture[str]) -> None:
     passed, out = outcome(capsys, check_causal_mask(lambda n: torch.eye(n, dtype=torch.bool)))
     assert not passed and "below the diagonal" in out
+
+
+def test_scaling_checker_says_not_answered_for_the_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
+    passed, out = outcome(capsys, check_scaling_experiment(None, None))
+    assert not passed and "not answered yet" in out

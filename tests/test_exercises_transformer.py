@@ -87,3 +87,8 @@ def test_padding_experiment_checker(capsys: pytest.CaptureFixture[str]) -> None:
     assert not passed and "without the mask" in out
     passed, out = outcome(capsys, check_padding_experiment(torch.tensor(0.0), 1.0))  # type: ignore[arg-type]
     assert not passed and ".item()" in out
+
+
+def test_padding_checker_says_not_answered_for_the_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
+    passed, out = outcome(capsys, check_padding_experiment(None, None))
+    assert not passed and "not answered yet" in out
