@@ -59,14 +59,17 @@ class EncoderLayer(nn.Module):
         dropout: float = 0.0,
         activation: str = "relu",
         norm_first: bool = False,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         _check_sizes(d_model, n_heads, d_ff, dropout, activation)
+        if not norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {norm_eps!r}")
         self.d_model, self.norm_first = d_model, norm_first
         self.self_attention = MultiHeadAttention(d_model, n_heads, dropout)
         self.feed_forward = FeedForward(d_model, d_ff, dropout, activation)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
@@ -98,16 +101,19 @@ class DecoderLayer(nn.Module):
         dropout: float = 0.0,
         activation: str = "relu",
         norm_first: bool = False,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         _check_sizes(d_model, n_heads, d_ff, dropout, activation)
+        if not norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {norm_eps!r}")
         self.d_model, self.norm_first = d_model, norm_first
         self.self_attention = MultiHeadAttention(d_model, n_heads, dropout)
         self.cross_attention = MultiHeadAttention(d_model, n_heads, dropout)
         self.feed_forward = FeedForward(d_model, d_ff, dropout, activation)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.norm3 = nn.LayerNorm(d_model, eps=norm_eps)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)

@@ -2,6 +2,8 @@
 
 ``CharVocabulary`` is the simplest tokenizer: one token per character plus a few special tokens. ``pad_batch``
 turns id lists of different lengths into one tensor and its Hugging Face style ``attention_mask``.
+``train_wordpiece`` (BERT) and ``train_byte_level_bpe`` (GPT-2) learn subword vocabularies with the ``tokenizers``
+library and return a ``transformers`` tokenizer that pads, truncates and builds sentence pairs.
 """
 
 from __future__ import annotations
@@ -9,9 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
@@ -93,3 +99,83 @@ class CharVocabulary:
     def load(cls, path: str | Path) -> CharVocabulary:
         """Read a vocabulary written by :meth:`save`."""
         return cls(json.loads(Path(path).read_text(encoding="utf-8"))["tokens"])
+
+
+WORDPIECE_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+BYTE_LEVEL_SPECIAL_TOKEN = "<|endoftext|>"
+
+
+def _check_training_input(texts: Sequence[str], vocab_size: int, special: int) -> None:
+    if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+        raise ValueError("texts must be a sequence of strings (not one string)")
+    if not any(text.strip() for text in texts):
+        raise ValueError("texts hold no characters to learn a vocabulary from")
+    if not isinstance(vocab_size, int) or vocab_size <= special:
+        raise ValueError(f"vocab_size must be an int > {special} (the special tokens), got {vocab_size!r}")
+
+
+def train_wordpiece(
+    texts: Sequence[str], vocab_size: int, min_frequency: int = 2, lowercase: bool = True
+) -> PreTrainedTokenizerFast:
+    """A BERT-style WordPiece tokenizer learned from ``texts``: ids 0–4 are [PAD] [UNK] [CLS] [SEP] [MASK];
+    a pair encodes as ``[CLS] A [SEP] B [SEP]`` with token_type_ids 0 for A (and its [CLS], [SEP]), 1 for B."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    _check_training_input(texts, vocab_size, len(WORDPIECE_SPECIAL_TOKENS))
+    if not isinstance(min_frequency, int) or min_frequency < 1:
+        raise ValueError(f"min_frequency must be a positive int, got {min_frequency!r}")
+    pad, unk, cls, sep, mask = WORDPIECE_SPECIAL_TOKENS
+    tokenizer = Tokenizer(models.WordPiece(unk_token=unk))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # split on whitespace and punctuation
+    tokenizer.decoder = decoders.WordPiece()  # glue "##" continuations back onto their word
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(WORDPIECE_SPECIAL_TOKENS),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",  # ":1" = token type (segment) 1
+        special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=pad,
+        unk_token=unk,
+        cls_token=cls,
+        sep_token=sep,
+        mask_token=mask,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def train_byte_level_bpe(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE tokenizer learned from ``texts``: the 256 bytes are the base alphabet (no
+    unknown token, ever); id 0 is ``<|endoftext|>``, which also serves as bos, eos and pad."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    _check_training_input(texts, vocab_size, 1 + len(alphabet))
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BYTE_LEVEL_SPECIAL_TOKEN],
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BYTE_LEVEL_SPECIAL_TOKEN,
+        eos_token=BYTE_LEVEL_SPECIAL_TOKEN,
+        unk_token=BYTE_LEVEL_SPECIAL_TOKEN,
+        pad_token=BYTE_LEVEL_SPECIAL_TOKEN,
+        model_input_names=["input_ids", "attention_mask"],
+    )

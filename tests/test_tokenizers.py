@@ -46,3 +46,61 @@ def test_encode_batch_and_save_load(tmp_path: Path) -> None:
     loaded = CharVocabulary.load(tmp_path / "vocabulary.json")
     assert loaded.tokens == vocabulary.tokens
     assert loaded.decode(input_ids[1]) == "1er août"
+
+
+# --- subword tokenizers learned with the tokenizers library ------------------------------------------------------
+
+CORPUS = [
+    "To be, or not to be, that is the question:",
+    "Whether 'tis nobler in the mind to suffer the slings and arrows of outrageous fortune,",
+    "Or to take arms against a sea of troubles, and by opposing end them. To die, to sleep;",
+] * 10
+
+
+def test_train_wordpiece_is_bert_like() -> None:
+    from mmcourse.tokenizers import WORDPIECE_SPECIAL_TOKENS, train_wordpiece
+
+    tokenizer = train_wordpiece(CORPUS, vocab_size=120)
+    assert len(tokenizer) <= 120
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3, 4]) == list(WORDPIECE_SPECIAL_TOKENS)
+    ids = (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id,
+           tokenizer.mask_token_id)  # fmt: skip
+    assert ids == (0, 1, 2, 3, 4)
+    encoded = tokenizer("To be", "the question")
+    tokens = tokenizer.convert_ids_to_tokens(encoded["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens[tokens.index("[SEP]") - 1] == "be" and tokens[-1] == "[SEP]"
+    first_length = tokens.index("[SEP]") + 1  # [CLS] to be [SEP]
+    assert encoded["token_type_ids"] == [0] * first_length + [1] * (len(tokens) - first_length)
+    assert tokenizer.decode(encoded["input_ids"], skip_special_tokens=True) == "to be the question"  # lowercased
+    assert tokenizer.decode(tokenizer("outrageous fortune")["input_ids"], skip_special_tokens=True) == (
+        "outrageous fortune"
+    )
+    assert tokenizer.unk_token_id in tokenizer("zebra 你")["input_ids"]
+    batch = tokenizer(["to be", "or not to be"], ["a", "b"], padding=True, return_tensors="pt")
+    assert batch["input_ids"].shape == batch["token_type_ids"].shape == batch["attention_mask"].shape
+    assert batch["input_ids"][0, -1] == tokenizer.pad_token_id and batch["attention_mask"][0, -1] == 0
+
+
+def test_train_byte_level_bpe_round_trips_anything() -> None:
+    from mmcourse.tokenizers import BYTE_LEVEL_SPECIAL_TOKEN, train_byte_level_bpe
+
+    tokenizer = train_byte_level_bpe(CORPUS, vocab_size=300)
+    assert len(tokenizer) <= 300 and tokenizer.convert_ids_to_tokens(0) == BYTE_LEVEL_SPECIAL_TOKEN
+    assert tokenizer.eos_token_id == tokenizer.bos_token_id == tokenizer.pad_token_id == 0
+    for text in ("To be, or not to be", "Zebra 你好 — ünïcödé!\n\ttabs"):
+        ids = tokenizer(text)["input_ids"]
+        assert 0 not in ids and tokenizer.decode(ids) == text  # no unknown token: every byte is in the vocabulary
+    assert len(tokenizer("to be or not to be")["input_ids"]) < len("to be or not to be")  # merges learned
+
+
+def test_subword_trainers_validate() -> None:
+    from mmcourse.tokenizers import train_byte_level_bpe, train_wordpiece
+
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_wordpiece(CORPUS, vocab_size=5)
+    with pytest.raises(ValueError, match="texts"):
+        train_wordpiece("one string", vocab_size=100)
+    with pytest.raises(ValueError, match="min_frequency"):
+        train_wordpiece(CORPUS, vocab_size=100, min_frequency=0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_byte_level_bpe(CORPUS, vocab_size=100)

@@ -1,0 +1,530 @@
+"""BERT: a Transformer encoder pretrained with a masked language model and next sentence prediction (chapter 3).
+
+``BertModel`` is chapter 2's post-LN ``EncoderLayer`` stack (GELU, LayerNorm eps 1e-12) on top of token + segment
++ learned position embeddings, with a tanh *pooler* on the [CLS] position. ``BertForPreTraining`` adds BERT's two
+heads: the masked-language-model head (dense → GELU → LayerNorm → a decoder tied to the token embedding, plus a
+bias) and the next-sentence-prediction head (a linear layer on the pooled [CLS] vector → 2 classes).
+``mask_tokens`` applies the 15% / 80-10-10 masking rule; ``PretrainingCollator`` turns (segment A, segment B,
+is_next) pairs into a batch. ``to_hf_bert_for_pretraining`` / ``from_hf_bert`` copy weights to and from
+``transformers`` (parameter names differ, shapes do not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmcourse.attention import padding_mask
+from mmcourse.layers import EncoderLayer
+
+if TYPE_CHECKING:
+    import transformers
+
+IGNORE_INDEX = -100  # label value that cross_entropy skips: positions the MLM loss does not score
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 8000
+    context_length: int = 128  # = max_position_embeddings
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 2
+    d_ff: int = 512
+    dropout: float = 0.1
+    type_vocab_size: int = 2  # segments A and B
+    norm_eps: float = 1e-12
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}")
+
+
+def _init_bert_weights(module: nn.Module) -> None:
+    """BERT's initialisation: normal(0, 0.02) weights, zero biases, LayerNorm = identity, zero [PAD] embedding."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        nn.init.zeros_(module.weight[module.padding_idx])
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class BertEmbeddings(nn.Module):
+    """token + segment + learned position embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
+        self.position_embedding = nn.Embedding(config.context_length, config.d_model)
+        self.segment_embedding = nn.Embedding(config.type_vocab_size, config.d_model)
+        self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        """input_ids, token_type_ids (batch, L) → (batch, L, d_model)."""
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)  # (L,)
+        embeddings = (
+            self.token_embedding(input_ids)  # (batch, L, d_model)
+            + self.segment_embedding(token_type_ids)  # (batch, L, d_model)
+            + self.position_embedding(positions)  # (L, d_model), broadcast over the batch
+        )
+        return self.dropout(self.norm(embeddings))  # (batch, L, d_model)
+
+
+@dataclass
+class BertOutput:
+    """What ``BertModel`` returns: one vector per token, the pooled [CLS] vector, and attention when asked."""
+
+    hidden_states: Tensor  # (batch, L, d_model), the last layer
+    pooled_output: Tensor  # (batch, d_model), tanh(dense(hidden_states[:, 0]))
+    attn_weights: list[Tensor] | None = None  # n_layers × (batch, n_heads, L, L) when need_weights=True
+
+
+@dataclass
+class BertPreTrainingOutput(BertOutput):
+    """``BertOutput`` plus the two pretraining heads' logits."""
+
+    mlm_logits: Tensor | None = None  # (batch, L, vocab_size)
+    nsp_logits: Tensor | None = None  # (batch, 2): 0 = B follows A, 1 = B is random (BERT's convention)
+
+
+def _check_inputs(
+    config: BertConfig, input_ids: Tensor, token_type_ids: Tensor | None, attention_mask: Tensor | None
+) -> None:
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"input_ids must be an integer tensor (batch, L), got {input_ids.dtype} {tuple(input_ids.shape)}"
+        )
+    if input_ids.size(1) > config.context_length:
+        raise ValueError(f"input_ids length {input_ids.size(1)} exceeds context_length={config.context_length}")
+    for name, tensor in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask)):
+        if tensor is not None and tensor.shape != input_ids.shape:
+            raise ValueError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(tensor.shape)}")
+    if token_type_ids is not None and token_type_ids.numel() and int(token_type_ids.max()) >= config.type_vocab_size:
+        raise ValueError(f"token_type_ids must be < type_vocab_size={config.type_vocab_size}")
+
+
+class BertModel(nn.Module):
+    """Embeddings → n_layers post-LN encoder layers (GELU) → hidden states, and a tanh pooler on [CLS]."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        if not isinstance(config, BertConfig):
+            raise ValueError(f"config must be a BertConfig, got {type(config).__name__}")
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                config.d_model,
+                config.n_heads,
+                config.d_ff,
+                config.dropout,
+                activation="gelu",
+                norm_first=False,
+                norm_eps=config.norm_eps,
+            )
+            for _ in range(config.n_layers)
+        )
+        self.pooler = nn.Linear(config.d_model, config.d_model)
+        self.apply(_init_bert_weights)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> BertOutput:
+        """input_ids (batch, L); token_type_ids (batch, L), default all 0; attention_mask (batch, L), 1 = real."""
+        _check_inputs(self.config, input_ids, token_type_ids, attention_mask)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)  # (batch, L): everything is segment A
+        mask = None if attention_mask is None else padding_mask(attention_mask)  # (batch, 1, 1, L)
+        hidden_states = self.embeddings(input_ids, token_type_ids)  # (batch, L, d_model)
+        all_weights = []
+        for layer in self.layers:
+            hidden_states, attn_weights = layer(hidden_states, mask, need_weights)  # (batch, L, d_model)
+            all_weights.append(attn_weights)
+        pooled_output = torch.tanh(self.pooler(hidden_states[:, 0]))  # (batch, d_model), from [CLS]
+        return BertOutput(hidden_states, pooled_output, all_weights if need_weights else None)
+
+
+class MaskedLanguageModelHead(nn.Module):
+    """dense → GELU → LayerNorm → decoder (weight tied to the token embedding) + a per-token output bias."""
+
+    def __init__(self, config: BertConfig, token_embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.decoder = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.decoder.weight = token_embedding.weight  # tied: one (vocab_size, d_model) matrix reads and writes
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        """(batch, L, d_model) → logits (batch, L, vocab_size)."""
+        transformed = self.norm(F.gelu(self.dense(hidden_states)))  # (batch, L, d_model)
+        return self.decoder(transformed) + self.bias  # (batch, L, vocab_size)
+
+
+class BertForPreTraining(nn.Module):
+    """BertModel with the masked-language-model head on every token and the NSP head on the pooled [CLS]."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm_head = MaskedLanguageModelHead(config, self.bert.embeddings.token_embedding)
+        self.nsp_head = nn.Linear(config.d_model, 2)
+        self.mlm_head.apply(_init_bert_weights)
+        self.nsp_head.apply(_init_bert_weights)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> BertPreTrainingOutput:
+        """Same inputs as ``BertModel``; adds mlm_logits (batch, L, vocab_size) and nsp_logits (batch, 2)."""
+        output = self.bert(input_ids, token_type_ids, attention_mask, need_weights)
+        return BertPreTrainingOutput(
+            hidden_states=output.hidden_states,
+            pooled_output=output.pooled_output,
+            attn_weights=output.attn_weights,
+            mlm_logits=self.mlm_head(output.hidden_states),  # (batch, L, vocab_size)
+            nsp_logits=self.nsp_head(output.pooled_output),  # (batch, 2)
+        )
+
+
+def _scored_losses(
+    mlm_logits: Tensor, mlm_labels: Tensor, nsp_logits: Tensor, nsp_labels: Tensor
+) -> tuple[Tensor, dict[str, float]]:
+    """Sum of the MLM and NSP cross-entropies (labels -100 skipped) and their losses and accuracies."""
+    metrics = {}
+    losses = []
+    for name, logits, labels in (("mlm", mlm_logits, mlm_labels), ("nsp", nsp_logits, nsp_labels)):
+        logits = logits.reshape(-1, logits.size(-1))  # (N, classes)
+        labels = labels.reshape(-1)  # (N,)
+        scored = labels != IGNORE_INDEX  # (N,)
+        if not scored.any():
+            continue  # nothing to score: no loss term (cross_entropy would give NaN)
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+        losses.append(loss)
+        correct = logits[scored].argmax(dim=-1) == labels[scored]  # (scored,)
+        metrics[f"{name}_loss"] = loss.item()
+        metrics[f"{name}_accuracy"] = correct.float().mean().item()
+    if not losses:
+        raise ValueError("every label is -100: there is nothing to score")
+    return torch.stack(losses).sum(), metrics
+
+
+def pretraining_loss(
+    outputs: BertPreTrainingOutput, mlm_labels: Tensor, nsp_labels: Tensor
+) -> tuple[Tensor, dict[str, float]]:
+    """MLM cross-entropy over the chosen positions + NSP cross-entropy (labels -100 are skipped).
+
+    Returns (loss, {"mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"}), the form ``train`` expects.
+    """
+    mlm_logits, nsp_logits = outputs.mlm_logits, outputs.nsp_logits
+    if mlm_logits is None or nsp_logits is None:
+        raise ValueError("outputs must hold mlm_logits and nsp_logits (from BertForPreTraining)")
+    if mlm_labels.shape != mlm_logits.shape[:-1]:
+        raise ValueError(f"mlm_labels must be (batch, L)={tuple(mlm_logits.shape[:-1])}, got {tuple(mlm_labels.shape)}")
+    if nsp_labels.shape != nsp_logits.shape[:1]:
+        raise ValueError(f"nsp_labels must be (batch,)={tuple(nsp_logits.shape[:1])}, got {tuple(nsp_labels.shape)}")
+    return _scored_losses(mlm_logits, mlm_labels, nsp_logits, nsp_labels)
+
+
+def mask_tokens(
+    input_ids: Tensor,
+    special_tokens_mask: Tensor,
+    vocab_size: int,
+    mask_id: int,
+    mlm_probability: float = 0.15,
+    generator: torch.Generator | None = None,
+    attention_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """BERT's masking rule. Choose each non-special, non-pad token with probability ``mlm_probability``; of the
+    chosen, 80% become [MASK], 10% a random token, 10% stay. Returns (masked_input_ids, labels), both
+    (batch, L); labels hold the original id at chosen positions and -100 elsewhere."""
+    if special_tokens_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"special_tokens_mask must have input_ids' shape {tuple(input_ids.shape)}, "
+            f"got {tuple(special_tokens_mask.shape)}"
+        )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
+        )
+    if not 0.0 < mlm_probability < 1.0:
+        raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability!r}")
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError(f"mask_id must be in [0, vocab_size={vocab_size}), got {mask_id!r}")
+    device = input_ids.device
+
+    def uniform() -> Tensor:
+        return torch.rand(input_ids.shape, generator=generator, device=device)  # (batch, L) in [0, 1)
+
+    maskable = ~special_tokens_mask.bool()  # (batch, L)
+    if attention_mask is not None:
+        maskable &= attention_mask.bool()  # never a pad
+    chosen = (uniform() < mlm_probability) & maskable  # (batch, L) the positions the loss scores
+    labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)  # (batch, L)
+    draw = uniform()  # (batch, L) one draw decides mask / random / keep
+    to_mask = chosen & (draw < 0.8)  # 80%
+    to_random = chosen & (draw >= 0.8) & (draw < 0.9)  # 10%; the last 10% keep their token
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, device=device)  # (batch, L)
+    masked_input_ids = input_ids.masked_fill(to_mask, mask_id)  # (batch, L)
+    masked_input_ids = torch.where(to_random, random_ids, masked_input_ids)  # (batch, L)
+    return masked_input_ids, labels
+
+
+class PretrainingCollator:
+    """Turns (segment A, segment B, is_next) pairs into a BERT pretraining batch with a WordPiece tokenizer.
+
+    The batch: input_ids, token_type_ids, attention_mask (batch, L), mlm_labels (batch, L) (-100 where not
+    chosen) and nsp_labels (batch,) with BERT's convention 0 = B is the next segment, 1 = B is random.
+    Pairs longer than ``max_length`` tokens are truncated, the longer segment first. ``seed`` makes the masking
+    reproducible: the same sequence of calls gives the same batches.
+    """
+
+    def __init__(
+        self, tokenizer: Any, max_length: int = 128, mlm_probability: float = 0.15, seed: int | None = None
+    ) -> None:
+        if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer must define mask_token and pad_token (a BERT-style WordPiece tokenizer)")
+        if not isinstance(max_length, int) or max_length < 3:
+            raise ValueError(f"max_length must be an int >= 3 ([CLS] A [SEP] B [SEP]), got {max_length!r}")
+        self.tokenizer, self.max_length, self.mlm_probability = tokenizer, max_length, mlm_probability
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def __call__(self, pairs: Sequence[tuple[str, str, bool]]) -> dict[str, Tensor]:
+        """pairs: (segment A, segment B, is_next) → the batch dict."""
+        if len(pairs) == 0:
+            raise ValueError("pairs must hold at least one (segment A, segment B, is_next)")
+        encoded = self.tokenizer(
+            [pair[0] for pair in pairs],
+            [pair[1] for pair in pairs],
+            padding=True,
+            truncation="longest_first",
+            max_length=self.max_length,
+            return_special_tokens_mask=True,
+            return_token_type_ids=True,
+            return_tensors="pt",
+        )
+        input_ids, labels = mask_tokens(
+            encoded["input_ids"],  # (batch, L)
+            encoded["special_tokens_mask"],  # (batch, L), 1 on [CLS], [SEP] and [PAD]
+            len(self.tokenizer),
+            self.tokenizer.mask_token_id,
+            self.mlm_probability,
+            self.generator,
+            attention_mask=encoded["attention_mask"],
+        )
+        return {
+            "input_ids": input_ids,  # (batch, L)
+            "token_type_ids": encoded["token_type_ids"],  # (batch, L)
+            "attention_mask": encoded["attention_mask"],  # (batch, L)
+            "mlm_labels": labels,  # (batch, L)
+            "nsp_labels": torch.tensor([0 if pair[2] else 1 for pair in pairs]),  # (batch,)
+        }
+
+
+def pretraining_step_loss(model: BertForPreTraining, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    """``loss_fn`` for :func:`mmcourse.train.train` on a collated batch. The same loss as ``pretraining_loss``,
+    but the MLM head runs only on the ~15% chosen positions: the vocabulary-sized decoder is most of the cost."""
+    output = model.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    chosen = batch["mlm_labels"] != IGNORE_INDEX  # (batch, L)
+    mlm_logits = model.mlm_head(output.hidden_states[chosen])  # (chosen, vocab_size)
+    nsp_logits = model.nsp_head(output.pooled_output)  # (batch, 2)
+    return _scored_losses(mlm_logits, batch["mlm_labels"][chosen], nsp_logits, batch["nsp_labels"])
+
+
+# ---- conversion to and from transformers -------------------------------------------------------------------------
+
+_LAYER_NAMES = {
+    "self_attention.q_proj": "attention.self.query",
+    "self_attention.k_proj": "attention.self.key",
+    "self_attention.v_proj": "attention.self.value",
+    "self_attention.out_proj": "attention.output.dense",
+    "norm1": "attention.output.LayerNorm",
+    "feed_forward.linear1": "intermediate.dense",
+    "feed_forward.linear2": "output.dense",
+    "norm2": "output.LayerNorm",
+}
+
+
+def _encoder_names(config: BertConfig) -> dict[str, str]:
+    """{our parameter name: transformers' BertModel parameter name} for the encoder and the pooler."""
+    modules = {
+        "embeddings.token_embedding": "embeddings.word_embeddings",
+        "embeddings.position_embedding": "embeddings.position_embeddings",
+        "embeddings.segment_embedding": "embeddings.token_type_embeddings",
+        "embeddings.norm": "embeddings.LayerNorm",
+        "pooler": "pooler.dense",
+    }
+    for index in range(config.n_layers):
+        for ours, theirs in _LAYER_NAMES.items():
+            modules[f"layers.{index}.{ours}"] = f"encoder.layer.{index}.{theirs}"
+    names = {}
+    for ours, theirs in modules.items():
+        suffixes = ("weight",) if "embedding" in ours and "norm" not in ours else ("weight", "bias")
+        for suffix in suffixes:
+            names[f"{ours}.{suffix}"] = f"{theirs}.{suffix}"
+    return names
+
+
+def _pretraining_names(config: BertConfig) -> dict[str, str]:
+    """{our name: transformers' BertForPreTraining name}; the tied decoder weight is the token embedding."""
+    names = {f"bert.{ours}": f"bert.{theirs}" for ours, theirs in _encoder_names(config).items()}
+    heads = {
+        "mlm_head.dense": "cls.predictions.transform.dense",
+        "mlm_head.norm": "cls.predictions.transform.LayerNorm",
+        "nsp_head": "cls.seq_relationship",
+    }
+    for ours, theirs in heads.items():
+        names[f"{ours}.weight"], names[f"{ours}.bias"] = f"{theirs}.weight", f"{theirs}.bias"
+    names["mlm_head.bias"] = "cls.predictions.bias"
+    return names
+
+
+def _copy_weights(target: nn.Module, source: nn.Module, names: dict[str, str], target_is_ours: bool) -> None:
+    """Copy every mapped tensor from ``source`` to ``target``; ValueError naming the tensor if shapes differ."""
+    ours, theirs = (target, source) if target_is_ours else (source, target)
+    our_state, their_state = ours.state_dict(), theirs.state_dict()
+    for our_name, their_name in names.items():
+        if their_name not in their_state:
+            raise ValueError(f"the transformers model has no tensor {their_name!r} (for our {our_name!r})")
+        our_tensor, their_tensor = our_state[our_name], their_state[their_name]
+        if our_tensor.shape != their_tensor.shape:
+            raise ValueError(
+                f"shape mismatch for {our_name!r} ↔ {their_name!r}: ours {tuple(our_tensor.shape)}, "
+                f"transformers {tuple(their_tensor.shape)}"
+            )
+    target_state, source_state = (our_state, their_state) if target_is_ours else (their_state, our_state)
+    with torch.no_grad():
+        for our_name, their_name in names.items():
+            target_name, source_name = (our_name, their_name) if target_is_ours else (their_name, our_name)
+            target_state[target_name].copy_(source_state[source_name])  # state_dict tensors share the storage
+
+
+def _hf_config(config: BertConfig) -> transformers.BertConfig:
+    import transformers
+
+    return transformers.BertConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        intermediate_size=config.d_ff,
+        hidden_act="gelu",
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
+        max_position_embeddings=config.context_length,
+        type_vocab_size=config.type_vocab_size,
+        layer_norm_eps=config.norm_eps,
+        pad_token_id=config.pad_id,
+        tie_word_embeddings=True,
+    )
+
+
+def config_from_hf(hf_config: transformers.BertConfig) -> BertConfig:
+    """Our BertConfig for a transformers BertConfig; ValueError for what our model does not implement."""
+    if getattr(hf_config, "hidden_act", "gelu") != "gelu":
+        raise ValueError(f"hidden_act={hf_config.hidden_act!r}: only 'gelu' (exact erf GELU) is implemented")
+    if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"position_embedding_type={hf_config.position_embedding_type!r}: only 'absolute'")
+    return BertConfig(
+        vocab_size=hf_config.vocab_size,
+        context_length=hf_config.max_position_embeddings,
+        d_model=hf_config.hidden_size,
+        n_heads=hf_config.num_attention_heads,
+        n_layers=hf_config.num_hidden_layers,
+        d_ff=hf_config.intermediate_size,
+        dropout=hf_config.hidden_dropout_prob,
+        type_vocab_size=hf_config.type_vocab_size,
+        norm_eps=hf_config.layer_norm_eps,
+        pad_id=hf_config.pad_token_id if hf_config.pad_token_id is not None else 0,
+    )
+
+
+def to_hf_bert(model: BertModel) -> transformers.BertModel:
+    """A ``transformers.BertModel`` (eager attention) holding a copy of our encoder's weights."""
+    import transformers
+
+    if not isinstance(model, BertModel):
+        raise ValueError(f"model must be a BertModel, got {type(model).__name__}")
+    hf_model = transformers.BertModel(_hf_config(model.config), add_pooling_layer=True)
+    hf_model.config._attn_implementation = "eager"
+    _copy_weights(hf_model, model, _encoder_names(model.config), target_is_ours=False)
+    return hf_model.to(next(model.parameters()).device).train(model.training)
+
+
+def to_hf_bert_for_pretraining(model: BertForPreTraining) -> transformers.BertForPreTraining:
+    """A ``transformers.BertForPreTraining`` (eager attention) with a copy of our weights, heads included."""
+    import transformers
+
+    if not isinstance(model, BertForPreTraining):
+        raise ValueError(f"model must be a BertForPreTraining, got {type(model).__name__}")
+    hf_model = transformers.BertForPreTraining(_hf_config(model.config))
+    hf_model.config._attn_implementation = "eager"
+    _copy_weights(hf_model, model, _pretraining_names(model.config), target_is_ours=False)
+    return hf_model.to(next(model.parameters()).device).train(model.training)
+
+
+def load_hf_bert(model: BertModel | BertForPreTraining, hf_model: nn.Module) -> BertModel | BertForPreTraining:
+    """Copy a transformers ``BertModel`` / ``BertForPreTraining``'s weights into ``model`` (same shapes)."""
+    import transformers
+
+    if isinstance(model, BertForPreTraining) and isinstance(hf_model, transformers.BertForPreTraining):
+        names = _pretraining_names(model.config)
+    elif isinstance(model, BertModel) and isinstance(hf_model, transformers.BertModel):
+        names = _encoder_names(model.config)
+    elif isinstance(model, BertModel) and isinstance(hf_model, transformers.BertForPreTraining):
+        names, hf_model = _encoder_names(model.config), hf_model.bert  # the encoder only: drop the heads
+    else:
+        raise ValueError(
+            f"cannot load a {type(hf_model).__name__} into a {type(model).__name__}: pass a BertModel or "
+            "BertForPreTraining from transformers"
+        )
+    if isinstance(hf_model, transformers.BertModel) and hf_model.pooler is None:
+        names = {ours: theirs for ours, theirs in names.items() if "pooler" not in ours}  # keep our pooler
+    _copy_weights(model, hf_model, names, target_is_ours=True)
+    return model
+
+
+def from_hf_bert(hf_model: nn.Module) -> BertModel | BertForPreTraining:
+    """Our model with a transformers BERT's weights: a BertForPreTraining when it has the heads, else a BertModel."""
+    import transformers
+
+    if not isinstance(hf_model, (transformers.BertModel, transformers.BertForPreTraining)):
+        raise ValueError(
+            f"hf_model must be a transformers BertModel or BertForPreTraining, got {type(hf_model).__name__}"
+        )
+    config = config_from_hf(hf_model.config)
+    heads = isinstance(hf_model, transformers.BertForPreTraining)
+    model = BertForPreTraining(config) if heads else BertModel(config)
+    load_hf_bert(model, hf_model)
+    device = next(hf_model.parameters()).device
+    return model.to(device).train(hf_model.training)
