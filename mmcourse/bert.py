@@ -239,6 +239,18 @@ def _scored_losses(
     return torch.stack(losses).sum(), metrics
 
 
+def mean_pool(hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
+    """Sentence embedding: the mean of the real tokens' vectors (batch, L, d) → (batch, d), as sentence-transformers
+    models such as all-MiniLM-L6-v2 are trained to be used."""
+    if hidden_states.dim() != 3 or attention_mask.shape != hidden_states.shape[:2]:
+        raise ValueError(
+            f"hidden_states must be (batch, L, d) and attention_mask (batch, L), got {tuple(hidden_states.shape)} "
+            f"and {tuple(attention_mask.shape)}"
+        )
+    weights = attention_mask.to(hidden_states.dtype)[..., None]  # (batch, L, 1): 1 on real tokens
+    return (hidden_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (batch, d)
+
+
 def pretraining_loss(
     outputs: BertPreTrainingOutput, mlm_labels: Tensor, nsp_labels: Tensor
 ) -> tuple[Tensor, dict[str, float]]:

@@ -5,11 +5,16 @@ and ``decode(tgt_ids, memory, src_attention_mask, tgt_attention_mask)`` → logi
 as :class:`mmcourse.transformer.Seq2SeqTransformer`. Returned sequences hold the generated tokens only (no BOS),
 EOS included, and ``pad_id`` after a sequence's EOS. Each step re-runs the decoder on the whole prefix, every
 generated token unmasked: simple, and cheap for short outputs (a KV cache would avoid the repeated work).
+
+For decoder-only language models (:class:`mmcourse.gpt.GPT`, chapter 4) there is sampling: ``top_k_filter``,
+``top_p_filter``, ``apply_repetition_penalty`` and ``sample_next_token`` work on next-token logits
+(batch, vocab_size); ``generate`` extends a prompt token by token, with a KV cache by default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -172,3 +177,160 @@ def sequence_log_probability(
     is_eos = (sequences == eos_id).long()  # (batch, T)
     after_eos = (is_eos.cumsum(dim=1) - is_eos) > 0  # (batch, T) positions past the first EOS
     return token_log_probs.masked_fill(after_eos, 0.0).sum(dim=1)  # (batch,)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sampling from a decoder-only language model (chapter 4)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_logits(logits: Tensor) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a float tensor (batch, vocab_size), got {shape}")
+
+
+def _check_top_k(top_k: int | None) -> None:
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+
+
+def _check_top_p(top_p: float | None) -> None:
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+
+
+def top_k_filter(logits: Tensor, top_k: int) -> Tensor:
+    """Keep each row's ``top_k`` largest logits (batch, vocab_size); the others become -inf. A logit tied with the
+    k-th largest is kept too; ``top_k >= vocab_size`` keeps everything."""
+    _check_logits(logits)
+    _check_top_k(top_k)
+    if top_k >= logits.size(-1):
+        return logits
+    kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]  # (batch, 1)
+    return logits.masked_fill(logits < kth_largest, float("-inf"))  # (batch, vocab_size)
+
+
+def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
+    """Nucleus filtering (Holtzman et al., 2020): keep the smallest set of most likely tokens whose probability
+    reaches ``top_p`` (sum >= top_p); the others become -inf. A token is kept when the tokens more likely than it
+    sum to less than ``top_p``, so the most likely token always stays. logits: (batch, vocab_size)."""
+    _check_logits(logits)
+    _check_top_p(top_p)
+    if top_p == 1:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (batch, vocab_size), most likely first
+    probs = sorted_logits.float().softmax(dim=-1)  # (batch, vocab_size)
+    mass_before = probs.cumsum(dim=-1) - probs  # (batch, vocab_size) probability of the more likely tokens
+    remove_sorted = mass_before >= top_p  # (batch, vocab_size) the nucleus already holds top_p
+    remove = remove_sorted.scatter(-1, order, remove_sorted)  # (batch, vocab_size) back to vocabulary order
+    return logits.masked_fill(remove, float("-inf"))  # (batch, vocab_size)
+
+
+def apply_repetition_penalty(logits: Tensor, input_ids: Tensor, penalty: float) -> Tensor:
+    """CTRL's repetition penalty (Keskar et al., 2019), as in transformers: the logit of every token already in
+    ``input_ids`` (batch, T) is divided by ``penalty`` when positive and multiplied by it when negative, so
+    ``penalty > 1`` makes repeats less likely. logits: (batch, vocab_size)."""
+    _check_logits(logits)
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0:
+        raise ValueError(f"penalty must be a number > 0, got {penalty!r}")
+    if input_ids.dim() != 2 or input_ids.size(0) != logits.size(0):
+        raise ValueError(f"input_ids must be (batch={logits.size(0)}, T), got shape {tuple(input_ids.shape)}")
+    if penalty == 1 or input_ids.size(1) == 0:
+        return logits
+    seen = logits.gather(-1, input_ids)  # (batch, T) logits of the tokens seen so far
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)  # (batch, T) pushed towards less likely
+    return logits.scatter(-1, input_ids, seen)  # (batch, vocab_size), a repeated id penalised once
+
+
+def sample_next_token(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One token id per row of logits (batch, vocab_size) → (batch,): divide by ``temperature``, keep the
+    ``top_k`` and then the ``top_p`` nucleus, sample from the softmax. ``temperature=0`` is the argmax."""
+    _check_logits(logits)
+    _check_temperature(temperature)
+    _check_top_k(top_k)
+    _check_top_p(top_p)
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # (batch,)
+    logits = logits.float() / temperature  # (batch, vocab_size)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = logits.softmax(dim=-1)  # (batch, vocab_size), zero outside the kept tokens
+    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]  # (batch,)
+
+
+def generate(
+    model: nn.Module,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+) -> Tensor:
+    """Extend the prompts input_ids (batch, T) token by token with a :class:`mmcourse.gpt.GPT`. Returns
+    (batch, T + new), new <= max_new_tokens.
+
+    Each step applies ``repetition_penalty`` (to prompt and generated tokens), then samples with
+    :func:`sample_next_token` (``temperature=0``: greedy). ``use_cache=True`` feeds only the new token and keeps
+    past keys and values in a KV cache; ``use_cache=False`` re-runs the whole sequence each step. Both give the
+    same tokens. With learned positions the model sees at most its last ``context_length`` tokens: past that, the
+    window slides (the cache is then rebuilt each step). With ``eos_id``, a sequence that produced it continues
+    with ``eos_id`` only, and generation stops once every sequence has.
+    """
+    from mmcourse.gpt import GPT
+
+    if not isinstance(model, GPT):
+        raise ValueError(f"model must be a mmcourse.gpt.GPT, got {type(model).__name__}")
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.size(1) < 1:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be (batch, T) with T >= 1, got {shape}")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    _check_temperature(temperature)
+    _check_top_k(top_k)
+    _check_top_p(top_p)
+    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)):
+        raise ValueError(f"repetition_penalty must be a number > 0, got {repetition_penalty!r}")
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be a number > 0, got {repetition_penalty!r}")
+    vocab_size = model.config.vocab_size
+    if eos_id is not None and (not isinstance(eos_id, int) or isinstance(eos_id, bool) or not 0 <= eos_id < vocab_size):
+        raise ValueError(f"eos_id must be None or an int in [0, vocab_size={vocab_size}), got {eos_id!r}")
+    window = model.config.context_length if model.config.positions == "learned" else math.inf
+    tokens = input_ids  # (batch, t)
+    finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)  # (batch,)
+    cache = None
+    with evaluating(model):
+        for _ in range(max_new_tokens):
+            if use_cache and cache is not None and cache.length < window:
+                logits = model(tokens[:, -1:], cache=cache)  # (batch, 1, vocab_size): the new token only
+            else:
+                context = tokens[:, -window:] if tokens.size(1) > window else tokens  # (batch, ≤ window)
+                cache = model.new_cache() if use_cache else None
+                logits = model(context, cache=cache)  # (batch, ≤ window, vocab_size)
+            next_logits = apply_repetition_penalty(logits[:, -1], tokens, repetition_penalty)  # (batch, vocab_size)
+            next_token = sample_next_token(next_logits, temperature, top_k, top_p, generator)  # (batch,)
+            if eos_id is not None:
+                next_token = next_token.masked_fill(finished, eos_id)  # (batch,) finished rows repeat EOS
+                finished |= next_token == eos_id
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (batch, t + 1)
+            if eos_id is not None and finished.all():
+                break
+    return tokens

@@ -54,3 +54,45 @@ def attention_explorer(model: Any, tokenizer: Any, text: str = "The cat sat on t
         control.observe(redraw, names="value")
     redraw()
     return widgets.VBox([text_box, widgets.HBox([layer, head]), output])
+
+
+def sampling_explorer(
+    model: Any,
+    encode: Any,
+    decode: Any,
+    prompt: str = "ROMEO:",
+    max_new_tokens: int = 200,
+):
+    """Temperature, top-k and top-p sliders over a language model's samples from ``prompt`` (seeded, so one
+    setting always gives the same text). ``encode``: str → list of ids; ``decode``: list of ids → str."""
+    import ipywidgets as widgets
+
+    from mmcourse.generation import generate
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    prompt_box = widgets.Text(value=prompt, description="prompt")
+    temperature = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="temperature")
+    top_k = widgets.IntSlider(value=0, min=0, max=100, description="top_k (0: off)")
+    top_p = widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top_p")
+    seed = widgets.IntSlider(value=0, min=0, max=20, description="seed")
+    output = widgets.Output()
+    device = next(model.parameters()).device
+
+    def redraw(*_: object) -> None:
+        with output:
+            output.clear_output(wait=True)
+            ids = encode(prompt_box.value)
+            if not ids:
+                print("type a prompt")
+                return
+            input_ids = torch.tensor([ids], device=device)  # (1, T)
+            generator = torch.Generator(device=device).manual_seed(seed.value)
+            sample = generate(model, input_ids, max_new_tokens, temperature=temperature.value,
+                              top_k=top_k.value or None, top_p=top_p.value, generator=generator)  # fmt: skip
+            print(decode(sample[0].tolist()))
+
+    for control in (prompt_box, temperature, top_k, top_p, seed):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([prompt_box, widgets.HBox([temperature, top_k]), widgets.HBox([top_p, seed]), output])

@@ -289,3 +289,12 @@ def test_minilm_hidden_states_equal_transformers() -> None:
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(ours.hidden_states[real], theirs.last_hidden_state[real], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ours.pooled_output, theirs.pooler_output, atol=1e-5, rtol=1e-4)
+
+
+def test_mean_pool_averages_only_real_tokens() -> None:
+    from mmcourse.bert import mean_pool
+
+    hidden_states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # the last position is padding
+    torch.testing.assert_close(mean_pool(hidden_states, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+    with pytest.raises(ValueError, match="attention_mask"):
+        mean_pool(hidden_states, torch.ones(1, 2))

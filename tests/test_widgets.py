@@ -70,3 +70,33 @@ def test_pattern_scores_find_the_pattern_each_head_follows() -> None:
     assert scores["previous token"][0, 1].item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="layers, heads, L, L"):
         attention_pattern_scores(torch.ones(3, 4, 4))
+
+
+def test_sampling_explorer_regenerates_when_a_slider_moves(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmcourse.gpt import GPT, GPTConfig
+    from mmcourse.widgets import sampling_explorer
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=27, context_length=32, d_model=16, n_heads=2, n_layers=1)).eval()
+    letters = "abcdefghijklmnopqrstuvwxyz "
+
+    def encode(text: str) -> list[int]:
+        return [letters.index(c) for c in text if c in letters]
+
+    def decode(ids: list[int]) -> str:
+        return "".join(letters[i] for i in ids)
+
+    def shown() -> str:  # the text printed last (outside a kernel, clear_output prints terminal codes)
+        return capsys.readouterr().out.strip().split("\r")[-1]
+
+    explorer = sampling_explorer(model, encode, decode, prompt="to be", max_new_tokens=10)
+    first = shown()
+    assert first.startswith("to be") and len(first) == 15
+    temperature = explorer.children[1].children[0]
+    temperature.value = 0.0  # greedy: the same text twice
+    greedy = shown()
+    temperature.value = 0.05
+    temperature.value = 0.0
+    assert shown() == greedy and greedy.startswith("to be")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sampling_explorer(model, encode, decode, max_new_tokens=0)
