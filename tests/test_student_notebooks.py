@@ -24,6 +24,7 @@ def test_student_notebook_fails_only_in_its_exercises(
     from nbclient import NotebookClient
 
     monkeypatch.setenv("MMCOURSE_PROFILE", "fast")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel runs beside another test worker: one thread each
     monkeypatch.setenv("MMCOURSE_RESULTS", str(tmp_path / "results"))  # keep the book's results untouched
     student = tmp_path / chapter.name
     assert make_student_notebook(chapter, student) >= 4, "every chapter has at least four exercises"
