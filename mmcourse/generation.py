@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from mmcourse.checks import check_positive_int
+
 
 @contextlib.contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
@@ -46,8 +48,7 @@ def _check_generation_args(src_ids: Tensor, bos_id: int, eos_id: int, max_length
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
-        raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+    check_positive_int("max_length", max_length)
 
 
 def greedy_decode(
@@ -108,8 +109,7 @@ def beam_search(
     pad at no cost) until better candidates push it out. ``beam_size=1`` is greedy decoding.
     """
     _check_generation_args(src_ids, bos_id, eos_id, max_length)
-    if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
-        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    check_positive_int("beam_size", beam_size)
     if not length_penalty >= 0:
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
     pad_id = _resolve_pad_id(model, pad_id)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import fused_attention, scaled_dot_product_attention
+from mmcourse.checks import check_positive_int
 from mmcourse.positional import LearnedPositionalEmbedding, RotaryEmbedding, apply_rotary
 
 if TYPE_CHECKING:
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 POSITIONS = ("learned", "rotary")
-
-
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -57,7 +53,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         for name, options in (("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS)):
@@ -67,10 +63,10 @@ class GPTConfig:
             if self.mlp == "swiglu":
                 raise ValueError("d_ff must be set for mlp='swiglu' (Llama uses about 8/3·d_model)")
             object.__setattr__(self, "d_ff", 4 * self.d_model)  # frozen: set the resolved default once
-        _positive_int("d_ff", self.d_ff)
+        check_positive_int("d_ff", self.d_ff)
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
-        _positive_int("n_kv_heads", self.n_kv_heads)
+        check_positive_int("n_kv_heads", self.n_kv_heads)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
@@ -112,7 +108,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5) -> None:
         super().__init__()
-        _positive_int("d_model", d_model)
+        check_positive_int("d_model", d_model)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.eps = eps
@@ -137,7 +133,7 @@ class KVCache:
     head_dim), keys already rotated. Each forward pass appends its new positions in place."""
 
     def __init__(self, n_layers: int) -> None:
-        _positive_int("n_layers", n_layers)
+        check_positive_int("n_layers", n_layers)
         self.layers: list[tuple[Tensor, Tensor] | None] = [None] * n_layers
 
     @property

@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import MultiHeadAttention, load_torch_multihead
+from mmcourse.checks import check_positive_int
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
 
 def _check_sizes(d_model: int, n_heads: int, d_ff: int, dropout: float, activation: str) -> None:
     for name, value in (("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int(name, value)
     if d_model % n_heads:
         raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
     if not 0.0 <= dropout < 1.0:

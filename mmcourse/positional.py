@@ -10,14 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+from mmcourse.checks import check_positive_int
 
 
 def _even(name: str, value: int) -> None:
-    _positive_int(name, value)
+    check_positive_int(name, value)
     if value % 2:
         raise ValueError(f"{name}={value} must be even: positions use (sin, cos) pairs")
 
@@ -30,7 +27,7 @@ def sinusoidal_frequencies(d_model: int, base: float = 10000.0) -> Tensor:
 
 def sinusoidal_encoding(length: int, d_model: int, base: float = 10000.0, offset: int = 0) -> Tensor:
     """(length, d_model): PE[pos, 2i] = sin(pos·ω_i), PE[pos, 2i+1] = cos(pos·ω_i) for pos = offset, offset + 1, …"""
-    _positive_int("length", length)
+    check_positive_int("length", length)
     angles = torch.arange(offset, offset + length, dtype=torch.float64)[:, None] * sinusoidal_frequencies(d_model, base)
     encoding = torch.empty(length, d_model, dtype=torch.float64)  # (length, d_model)
     encoding[:, 0::2] = angles.sin()
@@ -55,7 +52,7 @@ class SinusoidalPositionalEncoding(nn.Module):
     def __init__(self, d_model: int, context_length: int = 4096, base: float = 10000.0) -> None:
         super().__init__()
         _even("d_model", d_model)
-        _positive_int("context_length", context_length)
+        check_positive_int("context_length", context_length)
         self.d_model, self.context_length = d_model, context_length
         self.register_buffer("encoding", sinusoidal_encoding(context_length, d_model, base), persistent=False)
 
@@ -73,8 +70,8 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def __init__(self, context_length: int, d_model: int) -> None:
         super().__init__()
-        _positive_int("context_length", context_length)
-        _positive_int("d_model", d_model)
+        check_positive_int("context_length", context_length)
+        check_positive_int("d_model", d_model)
         self.context_length, self.d_model = context_length, d_model
         self.embedding = nn.Embedding(context_length, d_model)
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import causal_mask, padding_mask
+from mmcourse.checks import check_positive_int
 from mmcourse.layers import ACTIVATIONS, DecoderLayer, EncoderLayer, load_torch_decoder_layer, load_torch_encoder_layer
 from mmcourse.positional import SinusoidalPositionalEncoding
 
@@ -40,14 +41,9 @@ class TransformerConfig:
     pad_id: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "context_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("n_encoder_layers", "n_decoder_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        sizes = ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "context_length")
+        for name in (*sizes, "n_encoder_layers", "n_decoder_layers"):
+            check_positive_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.d_model % 2:
@@ -282,8 +278,7 @@ def warmup_inverse_sqrt(step: int, d_model: int, warmup: int) -> float:
     warmup)`` and ``learning_rate=1.0`` (or a scale factor).
     """
     for name, value in (("step", step), ("d_model", d_model), ("warmup", warmup)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int(name, value)
     return d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
 
 
