@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,17 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty data cache."""
     monkeypatch.setenv("MMCOURSE_DATA", str(tmp_path / "data"))
     return tmp_path / "data"
+
+
+Outcome = Callable[[bool], tuple[bool, str]]
+
+
+@pytest.fixture
+def outcome(capsys: pytest.CaptureFixture[str]) -> Outcome:
+    """For checker tests: ``outcome(check_x(answer))`` → (passed, what the checker printed)."""
+    return lambda passed: (passed, capsys.readouterr().out)
+
+
+def raises(*_: object) -> None:
+    """A student's answer that raises: checkers must report it, not propagate it."""
+    raise RuntimeError("boom")

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import Outcome, raises
 
 from mmcourse.attention import causal_mask, mha_parameter_count
 from mmcourse.exercises.attention import (
@@ -18,59 +19,51 @@ from mmcourse.exercises.attention import (
 from mmcourse.positional import RotaryEmbedding
 
 
-def outcome(capsys: pytest.CaptureFixture[str], passed: bool) -> tuple[bool, str]:
-    return passed, capsys.readouterr().out
-
-
-def raises(*_: object) -> None:
-    raise RuntimeError("boom")
-
-
-def test_causal_mask_checker(capsys: pytest.CaptureFixture[str]) -> None:
-    assert outcome(capsys, check_causal_mask(causal_mask)) == (True, "[causal mask] correct. Well done.\n")
-    passed, out = outcome(capsys, check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1)))
+def test_causal_mask_checker(outcome: Outcome) -> None:
+    assert outcome(check_causal_mask(causal_mask)) == (True, "[causal mask] correct. Well done.\n")
+    passed, out = outcome(check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1)))
     assert not passed and "diagonal" in out
-    passed, out = outcome(capsys, check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).triu()))
+    passed, out = outcome(check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).triu()))
     assert not passed and "above the diagonal" in out
-    passed, out = outcome(capsys, check_causal_mask(lambda n: torch.ones(n, n).tril()))
+    passed, out = outcome(check_causal_mask(lambda n: torch.ones(n, n).tril()))
     assert not passed and "boolean" in out
-    passed, out = outcome(capsys, check_causal_mask(raises))
+    passed, out = outcome(check_causal_mask(raises))
     assert not passed and "RuntimeError: boom" in out
 
 
-def test_attention_checker(capsys: pytest.CaptureFixture[str]) -> None:
+def test_attention_checker(outcome: Outcome) -> None:
     def right(q, k, v):
         return (q @ k.T / math.sqrt(q.size(-1))).softmax(-1) @ v
 
-    assert outcome(capsys, check_attention(right))[0]
-    passed, out = outcome(capsys, check_attention(lambda q, k, v: (q @ k.T).softmax(-1) @ v))
+    assert outcome(check_attention(right))[0]
+    passed, out = outcome(check_attention(lambda q, k, v: (q @ k.T).softmax(-1) @ v))
     assert not passed and "√d_k" in out
-    passed, out = outcome(capsys, check_attention(lambda q, k, v: (q @ k.T / 4).softmax(0) @ v))
+    passed, out = outcome(check_attention(lambda q, k, v: (q @ k.T / 4).softmax(0) @ v))
     assert not passed and "last dimension" in out
-    passed, out = outcome(capsys, check_attention(lambda q, k, v: (q @ k.T / 16).softmax(-1) @ v))
+    passed, out = outcome(check_attention(lambda q, k, v: (q @ k.T / 16).softmax(-1) @ v))
     assert not passed and "square root" in out
-    passed, out = outcome(capsys, check_attention(lambda q, k, v: q @ k.T))
+    passed, out = outcome(check_attention(lambda q, k, v: q @ k.T))
     assert not passed and "shape" in out
-    passed, out = outcome(capsys, check_attention(raises))
+    passed, out = outcome(check_attention(raises))
     assert not passed and "raised RuntimeError" in out
 
 
-def test_parameter_count_checker(capsys: pytest.CaptureFixture[str]) -> None:
-    assert outcome(capsys, check_mha_parameter_count(lambda d, h, b: mha_parameter_count(d, b)))[0]
-    passed, out = outcome(capsys, check_mha_parameter_count(lambda d, h, b: 3 * d * d + (3 * d if b else 0)))
+def test_parameter_count_checker(outcome: Outcome) -> None:
+    assert outcome(check_mha_parameter_count(lambda d, h, b: mha_parameter_count(d, b)))[0]
+    passed, out = outcome(check_mha_parameter_count(lambda d, h, b: 3 * d * d + (3 * d if b else 0)))
     assert not passed and "output projection" in out
-    passed, out = outcome(capsys, check_mha_parameter_count(lambda d, h, b: h * mha_parameter_count(d, b)))
+    passed, out = outcome(check_mha_parameter_count(lambda d, h, b: h * mha_parameter_count(d, b)))
     assert not passed and "do not multiply" in out
-    passed, out = outcome(capsys, check_mha_parameter_count(lambda d, h, b: 4 * d * d))
+    passed, out = outcome(check_mha_parameter_count(lambda d, h, b: 4 * d * d))
     assert not passed and "bias" in out
-    passed, out = outcome(capsys, check_mha_parameter_count(lambda d, h, b: float(4 * d * d)))
+    passed, out = outcome(check_mha_parameter_count(lambda d, h, b: float(4 * d * d)))
     assert not passed and "int" in out
 
 
-def test_rotary_checker(capsys: pytest.CaptureFixture[str]) -> None:
+def test_rotary_checker(outcome: Outcome) -> None:
     rotary = RotaryEmbedding(8)
-    assert outcome(capsys, check_rotary(rotary.rotate))[0]
-    passed, out = outcome(capsys, check_rotary(lambda x, p: rotary.rotate(x, -p)))
+    assert outcome(check_rotary(rotary.rotate))[0]
+    passed, out = outcome(check_rotary(lambda x, p: rotary.rotate(x, -p)))
     assert not passed and "wrong way" in out
 
     def interleaved(x, positions):  # pairs (0, 1), (2, 3), ... instead of the two halves
@@ -81,21 +74,21 @@ def test_rotary_checker(capsys: pytest.CaptureFixture[str]) -> None:
         out[:, 1::2] = even * angles.sin() + odd * angles.cos()
         return out
 
-    passed, out = outcome(capsys, check_rotary(interleaved))
+    passed, out = outcome(check_rotary(interleaved))
     assert not passed and "two halves" in out
-    passed, out = outcome(capsys, check_rotary(lambda x, p: x * 2))
+    passed, out = outcome(check_rotary(lambda x, p: x * 2))
     assert not passed and "length" in out
-    passed, out = outcome(capsys, check_rotary(raises))
+    passed, out = outcome(check_rotary(raises))
     assert not passed and "raised" in out
 
 
-def test_scaling_experiment_checker(capsys: pytest.CaptureFixture[str]) -> None:
-    assert outcome(capsys, check_scaling_experiment(16.2, 1.01))[0]
-    passed, out = outcome(capsys, check_scaling_experiment(16.0, 16.0))
+def test_scaling_experiment_checker(outcome: Outcome) -> None:
+    assert outcome(check_scaling_experiment(16.2, 1.01))[0]
+    passed, out = outcome(check_scaling_experiment(16.0, 16.0))
     assert not passed and "close to 1" in out
-    passed, out = outcome(capsys, check_scaling_experiment(1.0, 1.0))
+    passed, out = outcome(check_scaling_experiment(1.0, 1.0))
     assert not passed and "grow with d_k" in out
-    passed, out = outcome(capsys, check_scaling_experiment(torch.tensor(16.0), 1.0))  # type: ignore[arg-type]
+    passed, out = outcome(check_scaling_experiment(torch.tensor(16.0), 1.0))  # type: ignore[arg-type]
     assert not passed and ".item()" in out
 
 
@@ -105,11 +98,11 @@ def test_checkers_never_print_the_answer(capsys: pytest.CaptureFixture[str]) -> 
     assert str(mha_parameter_count(64, True)) not in out
 
 
-def test_causal_mask_checker_catches_a_missing_lower_triangle(capsys: pytest.CaptureFixture[str]) -> None:
-    passed, out = outcome(capsys, check_causal_mask(lambda n: torch.eye(n, dtype=torch.bool)))
+def test_causal_mask_checker_catches_a_missing_lower_triangle(outcome: Outcome) -> None:
+    passed, out = outcome(check_causal_mask(lambda n: torch.eye(n, dtype=torch.bool)))
     assert not passed and "below the diagonal" in out
 
 
-def test_scaling_checker_says_not_answered_for_the_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
-    passed, out = outcome(capsys, check_scaling_experiment(None, None))
+def test_scaling_checker_says_not_answered_for_the_placeholder(outcome: Outcome) -> None:
+    passed, out = outcome(check_scaling_experiment(None, None))
     assert not passed and "not answered yet" in out

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import random
 
-import pytest
 import torch
+from conftest import Outcome, raises
 
 from mmcourse.bert import mask_tokens
 from mmcourse.exercises.bert import check_masking, check_mlm_accuracy, check_nsp_pairs, check_tokens_per_word
 
 
-def outcome(capsys: pytest.CaptureFixture[str], passed: bool) -> tuple[bool, str]:
-    return passed, capsys.readouterr().out
-
-
-def raises(*_: object) -> None:
-    raise RuntimeError("boom")
-
-
-def test_masking_checker(capsys: pytest.CaptureFixture[str]) -> None:
+def test_masking_checker(outcome: Outcome) -> None:
     def right(input_ids, special, generator):
         return mask_tokens(input_ids, special, 1000, 4, 0.15, generator)
 
@@ -34,34 +26,32 @@ def test_masking_checker(capsys: pytest.CaptureFixture[str]) -> None:
         masked, _ = mask_tokens(input_ids, special, 1000, 4, 0.15, generator)
         return masked, input_ids
 
-    assert outcome(capsys, check_masking(right))[0]
-    passed, out = outcome(capsys, check_masking(always_mask))
+    assert outcome(check_masking(right))[0]
+    passed, out = outcome(check_masking(always_mask))
     assert not passed and "only 80%" in out
-    passed, out = outcome(capsys, check_masking(masks_specials))
+    passed, out = outcome(check_masking(masks_specials))
     assert not passed and "special tokens" in out
-    passed, out = outcome(capsys, check_masking(labels_everywhere))
+    passed, out = outcome(check_masking(labels_everywhere))
     assert not passed and "special tokens" in out or "-100" in out
-    passed, out = outcome(capsys, check_masking(raises))
+    passed, out = outcome(check_masking(raises))
     assert not passed and "raised" in out
 
 
-def test_mlm_accuracy_checker(capsys: pytest.CaptureFixture[str]) -> None:
+def test_mlm_accuracy_checker(outcome: Outcome) -> None:
     def right(logits, labels):
         scored = labels != -100
         return (logits.argmax(-1)[scored] == labels[scored]).float().mean().item()
 
-    assert outcome(capsys, check_mlm_accuracy(right))[0]
-    passed, out = outcome(
-        capsys, check_mlm_accuracy(lambda logits, labels: (logits.argmax(-1) == labels).float().mean())
-    )
+    assert outcome(check_mlm_accuracy(right))[0]
+    passed, out = outcome(check_mlm_accuracy(lambda logits, labels: (logits.argmax(-1) == labels).float().mean()))
     assert not passed and "skip every label" in out
-    passed, out = outcome(capsys, check_mlm_accuracy(lambda logits, labels: 0.9))
+    passed, out = outcome(check_mlm_accuracy(lambda logits, labels: 0.9))
     assert not passed and "argmax" in out
-    passed, out = outcome(capsys, check_mlm_accuracy(raises))
+    passed, out = outcome(check_mlm_accuracy(raises))
     assert not passed and "raised" in out
 
 
-def test_nsp_pairs_checker(capsys: pytest.CaptureFixture[str]) -> None:
+def test_nsp_pairs_checker(outcome: Outcome) -> None:
     def right(documents, n_pairs, seed):
         rng, names, pairs = random.Random(seed), sorted(documents), []
         labels = [True] * (n_pairs // 2) + [False] * (n_pairs // 2)
@@ -89,20 +79,20 @@ def test_nsp_pairs_checker(capsys: pytest.CaptureFixture[str]) -> None:
             for i, (a, b, n) in enumerate(right(documents, n_pairs, seed))
         ][: n_pairs - 1] + [right(documents, 2, 1)[0][:2] + (True,)]
 
-    assert outcome(capsys, check_nsp_pairs(right))[0]
-    passed, out = outcome(capsys, check_nsp_pairs(same_document_negatives))
+    assert outcome(check_nsp_pairs(right))[0]
+    passed, out = outcome(check_nsp_pairs(same_document_negatives))
     assert not passed and "different" in out
-    passed, out = outcome(capsys, check_nsp_pairs(lambda d, n, s: right(d, n, s)[: n - 2] + [("a-1", "a-2", True)] * 2))
+    passed, out = outcome(check_nsp_pairs(lambda d, n, s: right(d, n, s)[: n - 2] + [("a-1", "a-2", True)] * 2))
     assert not passed and "exactly half" in out or "right after" in out
-    passed, out = outcome(capsys, check_nsp_pairs(raises))
+    passed, out = outcome(check_nsp_pairs(raises))
     assert not passed and "raised" in out
 
 
-def test_tokens_per_word_checker(capsys: pytest.CaptureFixture[str]) -> None:
-    assert outcome(capsys, check_tokens_per_word([500, 2000, 8000], [1.6, 1.3, 1.1]))[0]
-    passed, out = outcome(capsys, check_tokens_per_word([500, 2000, 8000], [1.1, 1.3, 1.6]))
+def test_tokens_per_word_checker(outcome: Outcome) -> None:
+    assert outcome(check_tokens_per_word([500, 2000, 8000], [1.6, 1.3, 1.1]))[0]
+    passed, out = outcome(check_tokens_per_word([500, 2000, 8000], [1.1, 1.3, 1.6]))
     assert not passed and "fall" in out
-    passed, out = outcome(capsys, check_tokens_per_word([500, 2000, 8000], [0.9, 0.8, 0.7]))
+    passed, out = outcome(check_tokens_per_word([500, 2000, 8000], [0.9, 0.8, 0.7]))
     assert not passed and ">= 1" in out
-    passed, out = outcome(capsys, check_tokens_per_word(None, None))  # type: ignore[arg-type]
+    passed, out = outcome(check_tokens_per_word(None, None))  # type: ignore[arg-type]
     assert not passed and "not answered yet" in out

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
+from conftest import Outcome, raises
 
 from mmcourse.exercises.transformer import (
     check_padding_experiment,
@@ -14,39 +14,31 @@ from mmcourse.exercises.transformer import (
 from mmcourse.transformer import Seq2SeqTransformer, TransformerConfig, warmup_inverse_sqrt
 
 
-def outcome(capsys: pytest.CaptureFixture[str], passed: bool) -> tuple[bool, str]:
-    return passed, capsys.readouterr().out
-
-
-def raises(*_: object) -> None:
-    raise RuntimeError("boom")
-
-
-def test_teacher_forcing_checker(capsys: pytest.CaptureFixture[str]) -> None:
-    assert outcome(capsys, check_teacher_forcing(lambda t: (t[:, :-1], t[:, 1:])))[0]
-    passed, out = outcome(capsys, check_teacher_forcing(lambda t: (t[:, 1:], t[:, :-1])))
+def test_teacher_forcing_checker(outcome: Outcome) -> None:
+    assert outcome(check_teacher_forcing(lambda t: (t[:, :-1], t[:, 1:])))[0]
+    passed, out = outcome(check_teacher_forcing(lambda t: (t[:, 1:], t[:, :-1])))
     assert not passed and "swapped" in out
-    passed, out = outcome(capsys, check_teacher_forcing(lambda t: (t, t)))
+    passed, out = outcome(check_teacher_forcing(lambda t: (t, t)))
     assert not passed and "shift by one" in out
-    passed, out = outcome(capsys, check_teacher_forcing(lambda t: t[:, :-1]))
+    passed, out = outcome(check_teacher_forcing(lambda t: t[:, :-1]))
     assert not passed and "pair" in out
-    passed, out = outcome(capsys, check_teacher_forcing(raises))
+    passed, out = outcome(check_teacher_forcing(raises))
     assert not passed and "RuntimeError: boom" in out
 
 
-def test_warmup_checker(capsys: pytest.CaptureFixture[str]) -> None:
-    assert outcome(capsys, check_warmup_schedule(warmup_inverse_sqrt))[0]
-    passed, out = outcome(capsys, check_warmup_schedule(lambda s, d, w: min(s**-0.5, s * w**-1.5)))
+def test_warmup_checker(outcome: Outcome) -> None:
+    assert outcome(check_warmup_schedule(warmup_inverse_sqrt))[0]
+    passed, out = outcome(check_warmup_schedule(lambda s, d, w: min(s**-0.5, s * w**-1.5)))
     assert not passed and "d_model^-0.5" in out
-    passed, out = outcome(capsys, check_warmup_schedule(lambda s, d, w: d**-0.5 * s**-0.5))
+    passed, out = outcome(check_warmup_schedule(lambda s, d, w: d**-0.5 * s**-0.5))
     assert not passed and "rise linearly" in out
-    passed, out = outcome(capsys, check_warmup_schedule(lambda s, d, w: d**-0.5 * s * w**-1.5))
+    passed, out = outcome(check_warmup_schedule(lambda s, d, w: d**-0.5 * s * w**-1.5))
     assert not passed and "decays" in out
-    passed, out = outcome(capsys, check_warmup_schedule(lambda s, d, w: "fast"))
+    passed, out = outcome(check_warmup_schedule(lambda s, d, w: "fast"))
     assert not passed and "float" in out
 
 
-def test_pre_ln_checker(capsys: pytest.CaptureFixture[str]) -> None:
+def test_pre_ln_checker(outcome: Outcome) -> None:
     def pre_ln(layer, x):
         x = x + layer.self_attention(layer.norm1(x))[0]
         return x + layer.feed_forward(layer.norm2(x))
@@ -59,16 +51,16 @@ def test_pre_ln_checker(capsys: pytest.CaptureFixture[str]) -> None:
         x = layer.self_attention(layer.norm1(x))[0]
         return layer.feed_forward(layer.norm2(x))
 
-    assert outcome(capsys, check_pre_ln_forward(pre_ln))[0]
-    passed, out = outcome(capsys, check_pre_ln_forward(post_ln))
+    assert outcome(check_pre_ln_forward(pre_ln))[0]
+    passed, out = outcome(check_pre_ln_forward(post_ln))
     assert not passed and "post-LN" in out
-    passed, out = outcome(capsys, check_pre_ln_forward(no_residual))
+    passed, out = outcome(check_pre_ln_forward(no_residual))
     assert not passed and "residual" in out
-    passed, out = outcome(capsys, check_pre_ln_forward(raises))
+    passed, out = outcome(check_pre_ln_forward(raises))
     assert not passed and "raised" in out
 
 
-def test_padding_experiment_checker(capsys: pytest.CaptureFixture[str]) -> None:
+def test_padding_experiment_checker(outcome: Outcome) -> None:
     """The real experiment on a small random model gives numbers the checker accepts."""
     torch.manual_seed(0)
     model = Seq2SeqTransformer(TransformerConfig(12, 12, d_model=16, n_heads=2, d_ff=32, dropout=0.0)).eval()
@@ -80,15 +72,15 @@ def test_padding_experiment_checker(capsys: pytest.CaptureFixture[str]) -> None:
         unmasked = model(padded, tgt_ids, torch.ones_like(padded))
     with_mask = (masked - reference).abs().max().item()
     without_mask = (unmasked - reference).abs().max().item()
-    assert outcome(capsys, check_padding_experiment(with_mask, without_mask))[0]
-    passed, out = outcome(capsys, check_padding_experiment(without_mask, without_mask))
+    assert outcome(check_padding_experiment(with_mask, without_mask))[0]
+    passed, out = outcome(check_padding_experiment(without_mask, without_mask))
     assert not passed and "with the attention mask" in out
-    passed, out = outcome(capsys, check_padding_experiment(with_mask, with_mask))
+    passed, out = outcome(check_padding_experiment(with_mask, with_mask))
     assert not passed and "without the mask" in out
-    passed, out = outcome(capsys, check_padding_experiment(torch.tensor(0.0), 1.0))  # type: ignore[arg-type]
+    passed, out = outcome(check_padding_experiment(torch.tensor(0.0), 1.0))  # type: ignore[arg-type]
     assert not passed and ".item()" in out
 
 
-def test_padding_checker_says_not_answered_for_the_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
-    passed, out = outcome(capsys, check_padding_experiment(None, None))
+def test_padding_checker_says_not_answered_for_the_placeholder(outcome: Outcome) -> None:
+    passed, out = outcome(check_padding_experiment(None, None))
     assert not passed and "not answered yet" in out
