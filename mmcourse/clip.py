@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mmcourse.checks import check_positive_int
+from mmcourse.layers import EncoderLayer
+
+TEXT_POOLINGS = ("end", "mean")
 
 # ---------------------------------------------------------------------------------------------------------------
 # The temperature
@@ -113,6 +119,208 @@ def clip_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor | f
     image_to_text = F.cross_entropy(logits_per_image, targets)  # each image picks its text
     text_to_image = F.cross_entropy(logits_per_text, targets)  # each text picks its image
     return (image_to_text + text_to_image) / 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The text tower and the two-tower model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    vocab_size: int = 1000
+    context_length: int = 32
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 2
+    d_ff: int = 512
+    dropout: float = 0.0
+    pooling: str = "end"  # "end": the last real token's state (CLIP's end-of-text pooling); "mean": their mean
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "d_model", "n_heads", "n_layers", "d_ff"):
+            check_positive_int(name, getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pooling not in TEXT_POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is not one of {TEXT_POOLINGS}")
+
+
+def end_of_text_pool(hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
+    """The state of each sequence's last real token — [SEP] from a BERT-style tokenizer: (batch, L, d) → (batch, d).
+
+    attention_mask (batch, L), 1 = real token, must be right-padded (real tokens first), as tokenizers pad.
+    """
+    if hidden_states.dim() != 3 or attention_mask.shape != hidden_states.shape[:2]:
+        raise ValueError(
+            f"hidden_states must be (batch, L, d) and attention_mask (batch, L), got {tuple(hidden_states.shape)} "
+            f"and {tuple(attention_mask.shape)}"
+        )
+    lengths = attention_mask.long().sum(dim=1)  # (batch,)
+    if (lengths == 0).any():
+        raise ValueError("attention_mask has a row with no real token")
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)  # (L,)
+    if not torch.equal(attention_mask.bool(), positions < lengths[:, None]):
+        raise ValueError("attention_mask must be right-padded: 1s first, then 0s, in every row")
+    rows = torch.arange(hidden_states.size(0), device=hidden_states.device)  # (batch,)
+    return hidden_states[rows, lengths - 1]  # (batch, d)
+
+
+class TextEncoder(nn.Module):
+    """Token + learned position embeddings → pre-LN encoder layers (padding masked) → LayerNorm → (batch, d_model)."""
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__()
+        if not isinstance(config, TextEncoderConfig):
+            raise ValueError(f"config must be a TextEncoderConfig, got {type(config).__name__}")
+        self.config = config
+        self.out_features = config.d_model
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.position_embedding = nn.Embedding(config.context_length, config.d_model)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.position_embedding.weight, std=0.01)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(
+            EncoderLayer(config.d_model, config.n_heads, config.d_ff, config.dropout, "gelu", norm_first=True)
+            for _ in range(config.n_layers)
+        )
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """input_ids, attention_mask (batch, L), 1 = real token → (batch, d_model) pooled by ``config.pooling``."""
+        if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"input_ids and attention_mask must both be (batch, L), got {tuple(input_ids.shape)} "
+                f"and {tuple(attention_mask.shape)}"
+            )
+        if input_ids.size(1) > self.config.context_length:
+            raise ValueError(
+                f"input_ids has {input_ids.size(1)} tokens, more than context_length={self.config.context_length}"
+            )
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)  # (L,)
+        x = self.dropout(self.token_embedding(input_ids) + self.position_embedding(positions))  # (batch, L, d)
+        keep = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, L): no token attends to padding
+        for layer in self.layers:
+            x, _ = layer(x, mask=keep)  # (batch, L, d_model)
+        x = self.norm(x)
+        if self.config.pooling == "end":
+            return end_of_text_pool(x, attention_mask)  # (batch, d_model)
+        weights = attention_mask[..., None].to(x.dtype)  # (batch, L, 1)
+        return (x * weights).sum(dim=1) / weights.sum(dim=1)  # (batch, d_model)
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    embed_dim: int = 128  # width of the shared image-text space
+    init_temperature: float = 0.07
+    max_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        check_positive_int("embed_dim", self.embed_dim)
+
+
+class CLIP(nn.Module):
+    """Two towers, each followed by a bias-free linear projection into one space, L2-normalised, and a LogitScale.
+
+    ``image_encoder(images)`` and ``text_encoder(input_ids, attention_mask)`` return (batch, out_features); each
+    tower module says its width in ``out_features``. Any tower works: ours, or a frozen pretrained one (LiT).
+    """
+
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, config: CLIPConfig = CLIPConfig()) -> None:
+        super().__init__()
+        for name, tower in (("image_encoder", image_encoder), ("text_encoder", text_encoder)):
+            if not isinstance(tower, nn.Module) or not isinstance(getattr(tower, "out_features", None), int):
+                raise ValueError(f"{name} must be an nn.Module with an int attribute out_features (its output width)")
+        self.config = config
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.image_projection = nn.Linear(image_encoder.out_features, config.embed_dim, bias=False)
+        self.text_projection = nn.Linear(text_encoder.out_features, config.embed_dim, bias=False)
+        self.logit_scale = LogitScale(config.init_temperature, config.max_scale)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """(batch, C, H, W) → (batch, embed_dim), unit rows."""
+        return F.normalize(self.image_projection(self.image_encoder(images)), dim=-1)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(batch, L) ids and mask → (batch, embed_dim), unit rows."""
+        return self.project_text_features(self.text_encoder(input_ids, attention_mask))
+
+    def project_text_features(self, features: Tensor) -> Tensor:
+        """The text tower's outputs (batch, out_features) → (batch, embed_dim), unit rows. With a frozen text tower
+        (LiT), its outputs never change, so they can be computed once and fed here."""
+        if features.dim() != 2 or features.size(-1) != self.text_encoder.out_features:
+            raise ValueError(
+                f"features must be (batch, {self.text_encoder.out_features}), got shape {tuple(features.shape)}"
+            )
+        return F.normalize(self.text_projection(features), dim=-1)
+
+    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (loss, logits_per_image (N, N), logits_per_text (N, N)) for N image-caption pairs."""
+        image_embeds = self.encode_image(images)  # (N, D)
+        text_embeds = self.encode_text(input_ids, attention_mask)  # (N, D)
+        scale = self.logit_scale()
+        logits_per_image, logits_per_text = clip_logits(image_embeds, text_embeds, scale)  # (N, N), (N, N)
+        return clip_loss(image_embeds, text_embeds, scale), logits_per_image, logits_per_text
+
+
+def in_batch_accuracy(logits_per_image: Tensor) -> float:
+    """Share of images whose own text (the diagonal) scores highest among the batch's texts."""
+    if logits_per_image.dim() != 2 or logits_per_image.size(0) != logits_per_image.size(1):
+        raise ValueError(f"logits_per_image must be square (N, N), got shape {tuple(logits_per_image.shape)}")
+    targets = torch.arange(logits_per_image.size(0), device=logits_per_image.device)  # (N,)
+    return (logits_per_image.argmax(dim=-1) == targets).float().mean().item()
+
+
+class LockedTextTower(nn.Module):
+    """A pretrained sentence encoder, frozen: mean of its last hidden states over real tokens (LiT's locked tower).
+
+    ``encoder(input_ids, attention_mask=...)`` returns the (batch, L, hidden) states — our BertModel's output, a
+    transformers BertModel's, or a tensor — and ``out_features`` is ``hidden``. Its parameters get
+    requires_grad=False and it stays in eval mode.
+    """
+
+    def __init__(self, encoder: nn.Module, out_features: int) -> None:
+        super().__init__()
+        check_positive_int("out_features", out_features)
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.out_features = out_features
+
+    def train(self, mode: bool = True) -> LockedTextTower:
+        """Stay in eval mode: a locked tower's dropout must not change its outputs."""
+        super().train(False)
+        return self
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(batch, L) ids and mask → (batch, out_features), without building a graph."""
+        from mmcourse.bert import mean_pool
+
+        with torch.no_grad():
+            output = self.encoder(input_ids, attention_mask=attention_mask)
+        # our BertOutput.hidden_states, a transformers output's last_hidden_state, or a plain tensor: (batch, L, hidden)
+        hidden_states = getattr(output, "last_hidden_state", None)
+        hidden_states = getattr(output, "hidden_states", output) if hidden_states is None else hidden_states
+        if hidden_states.size(-1) != self.out_features:
+            raise ValueError(
+                f"the encoder returns width {hidden_states.size(-1)}, not out_features={self.out_features}"
+            )
+        return mean_pool(hidden_states, attention_mask)  # (batch, out_features)
+
+
+def hf_clip_embeddings(
+    hf_model: nn.Module, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """A transformers ``CLIPModel``'s L2-normalised (image_embeds (N, D), text_embeds (M, D)), for our functions."""
+    if getattr(getattr(hf_model, "config", None), "model_type", None) != "clip":
+        raise ValueError(f"hf_model must be a transformers CLIPModel, got {type(hf_model).__name__}")
+    with torch.no_grad():
+        image = hf_model.get_image_features(pixel_values=pixel_values)
+        text = hf_model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+    image = getattr(image, "pooler_output", image)  # transformers 5 returns an output object, 4 a tensor
+    text = getattr(text, "pooler_output", text)
+    return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

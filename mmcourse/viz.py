@@ -152,3 +152,36 @@ def embedding_scatter(
     if title:
         ax.set_title(title)
     return ax
+
+
+def zero_shot_figure(
+    images: object, prompts: Sequence[str], probabilities: object, titles: Sequence[str] | None = None
+) -> Figure:
+    """One row per image: the image, then a bar per prompt with its zero-shot probability.
+
+    images: (N, 3, H, W) in [0, 1]; probabilities: (N, len(prompts)), rows summing to 1.
+    """
+    pictures, table = _as_array(images), _as_array(probabilities)
+    if pictures.ndim != 4 or pictures.shape[1] != 3:
+        raise ValueError(f"images must be (N, 3, H, W), got shape {pictures.shape}")
+    if table.shape != (len(pictures), len(prompts)):
+        raise ValueError(f"probabilities must be (N={len(pictures)}, prompts={len(prompts)}), got shape {table.shape}")
+    if titles is not None and len(titles) != len(pictures):
+        raise ValueError(f"titles has {len(titles)} entries for {len(pictures)} images")
+    figure, axes = plt.subplots(len(pictures), 2, figsize=(8, 0.35 * len(prompts) * len(pictures) + 0.6),
+                                gridspec_kw={"width_ratios": [1, 3]}, squeeze=False)  # fmt: skip
+    for row, (picture, values) in enumerate(zip(pictures, table, strict=True)):
+        image_ax, bar_ax = axes[row]
+        image_ax.imshow(np.clip(picture.transpose(1, 2, 0), 0, 1))
+        image_ax.set_axis_off()
+        if titles is not None:
+            image_ax.set_title(titles[row], fontsize=8)
+        best = int(values.argmax())
+        colours = ["C1" if index == best else "C0" for index in range(len(prompts))]
+        bar_ax.barh(range(len(prompts)), values, color=colours)
+        bar_ax.set_yticks(range(len(prompts)), prompts, fontsize=8)
+        bar_ax.invert_yaxis()
+        bar_ax.set_xlim(0, 1)
+        bar_ax.set_xlabel("probability", fontsize=8)
+    figure.tight_layout()
+    return figure

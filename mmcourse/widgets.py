@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -96,3 +97,53 @@ def sampling_explorer(
         control.observe(redraw, names="value")
     redraw()
     return widgets.VBox([prompt_box, widgets.HBox([temperature, top_k]), widgets.HBox([top_p, seed]), output])
+
+
+def zero_shot_explorer(
+    model: Any,
+    tokenize: Any,
+    images: torch.Tensor,
+    prompts: Sequence[str],
+    titles: Sequence[str] | None = None,
+):
+    """Pick an image, edit the class prompts (one per line): the bars show a CLIP model's zero-shot probabilities.
+
+    ``model`` has ``encode_image``, ``encode_text`` and ``logit_scale`` (``mmcourse.clip.CLIP``); ``tokenize``:
+    list of str → (input_ids, attention_mask); images: (N, 3, H, W).
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    from mmcourse.clip import zero_shot_classify
+    from mmcourse.viz import zero_shot_figure
+
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
+        raise ValueError(f"images must be a non-empty (N, 3, H, W) tensor, got {getattr(images, 'shape', images)!r}")
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one class prompt")
+    index = widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image")
+    prompt_box = widgets.Textarea(value="\n".join(prompts), description="prompts", rows=min(len(prompts), 10))
+    output = widgets.Output()
+    device = next(model.parameters()).device
+
+    def redraw(*_: object) -> None:
+        with output:
+            output.clear_output(wait=True)
+            current = [line.strip() for line in prompt_box.value.splitlines() if line.strip()]
+            if not current:
+                print("type at least one prompt, one per line")
+                return
+            image = images[index.value : index.value + 1]  # (1, 3, H, W)
+            with torch.no_grad():
+                image_embeds = model.encode_image(image.to(device))  # (1, D)
+                input_ids, attention_mask = tokenize(current)
+                text_embeds = model.encode_text(input_ids.to(device), attention_mask.to(device))  # (C, D)
+                probabilities, _ = zero_shot_classify(image_embeds, text_embeds, model.logit_scale())
+            title = None if titles is None else [titles[index.value]]
+            zero_shot_figure(image.cpu(), current, probabilities.cpu(), title)
+            plt.show()
+
+    for control in (index, prompt_box):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([index, prompt_box, output])

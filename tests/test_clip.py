@@ -4,7 +4,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse.clip import LogitScale, clip_logits, clip_loss, prompt_ensemble, recall_at_k, zero_shot_classify
+from mmcourse.clip import (
+    CLIP,
+    CLIPConfig,
+    LockedTextTower,
+    LogitScale,
+    TextEncoder,
+    TextEncoderConfig,
+    clip_logits,
+    clip_loss,
+    end_of_text_pool,
+    hf_clip_embeddings,
+    in_batch_accuracy,
+    prompt_ensemble,
+    recall_at_k,
+    zero_shot_classify,
+)
+from mmcourse.vision import VisionTransformer, ViTConfig
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -135,8 +151,8 @@ def test_training_embeddings_with_the_loss_aligns_pairs() -> None:
     assert recall_at_k(similarity.detach(), torch.eye(16, dtype=torch.bool), ks=(1,)) == {1: 1.0}
 
 
-@pytest.mark.slow
-def test_loss_matches_transformers_clip_model() -> None:
+def tiny_hf_clip():
+    """A transformers CLIPModel small enough to build in a test, random weights."""
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
@@ -162,7 +178,12 @@ def test_loss_matches_transformers_clip_model() -> None:
         },
         projection_dim=8,
     )
-    model = CLIPModel(config).eval()
+    return CLIPModel(config).eval()
+
+
+@pytest.mark.slow
+def test_loss_matches_transformers_clip_model() -> None:
+    model = tiny_hf_clip()
     with torch.no_grad():
         model.logit_scale.fill_(math.log(20.0))  # away from the default, so a missing exp() or scale would show
     input_ids = torch.randint(2, 39, (6, 10))  # (batch, sequence)
@@ -292,3 +313,176 @@ def test_recall_at_k_bad_input() -> None:
         recall_at_k(similarity, relevant)  # k = 5 and 10 exceed the 4 items
     with pytest.raises(ValueError, match="ks"):
         recall_at_k(similarity, relevant, ks=(0,))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The text tower and the two-tower model
+# ---------------------------------------------------------------------------------------------------------------
+
+TEXT = TextEncoderConfig(vocab_size=20, context_length=8, d_model=32, n_heads=2, n_layers=2, d_ff=64)
+
+
+def token_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two right-padded sequences: lengths 5 and 3."""
+    input_ids = torch.tensor([[2, 7, 8, 9, 3, 0], [2, 11, 3, 0, 0, 0]])  # (2, 6)
+    return input_ids, (input_ids != 0).long()
+
+
+def tiny_clip(seed: int = 0) -> CLIP:
+    torch.manual_seed(seed)
+    image_encoder = VisionTransformer(ViTConfig(image_size=16, patch_size=4, d_model=32, n_heads=2, n_layers=1,
+                                                d_ff=64))  # fmt: skip
+    return CLIP(image_encoder, TextEncoder(TEXT), CLIPConfig(embed_dim=16))
+
+
+def test_end_of_text_pool_takes_the_last_real_token() -> None:
+    hidden_states = torch.arange(2 * 6 * 1, dtype=torch.float).view(2, 6, 1)  # (2, 6, 1): value = position
+    _, attention_mask = token_batch()
+    torch.testing.assert_close(end_of_text_pool(hidden_states, attention_mask), torch.tensor([[4.0], [8.0]]))
+    with pytest.raises(ValueError, match="right-padded"):
+        end_of_text_pool(hidden_states, attention_mask.flip(-1))
+    with pytest.raises(ValueError, match="no real token"):
+        end_of_text_pool(hidden_states, torch.zeros(2, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("pooling", ["end", "mean"])
+def test_text_encoder_ignores_padding(pooling: str) -> None:
+    """More padding must not change a text's vector: padding is masked in attention and in the pooling."""
+    torch.manual_seed(0)
+    encoder = TextEncoder(TextEncoderConfig(**{**TEXT.__dict__, "pooling": pooling})).eval()
+    input_ids, attention_mask = token_batch()
+    with torch.no_grad():
+        short = encoder(input_ids[:, :5], attention_mask[:, :5])
+        padded = encoder(torch.cat([input_ids, torch.zeros(2, 2, dtype=torch.long)], 1),
+                         torch.cat([attention_mask, torch.zeros(2, 2, dtype=torch.long)], 1))  # fmt: skip
+    assert short.shape == (2, 32)
+    torch.testing.assert_close(short, padded)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [({"pooling": "cls"}, "pooling"), ({"n_heads": 5}, "n_heads"), ({"vocab_size": 0}, "vocab_size"),
+     ({"dropout": -0.1}, "dropout")],
+)  # fmt: skip
+def test_text_encoder_config_errors_name_the_field(arguments: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        TextEncoderConfig(**{**TEXT.__dict__, **arguments})
+
+
+def test_text_encoder_bad_input() -> None:
+    encoder = TextEncoder(TEXT)
+    input_ids, attention_mask = token_batch()
+    with pytest.raises(ValueError, match="attention_mask"):
+        encoder(input_ids, attention_mask[:, :4])
+    with pytest.raises(ValueError, match="context_length=8"):
+        encoder(torch.ones(1, 9, dtype=torch.long), torch.ones(1, 9, dtype=torch.long))
+
+
+def test_clip_model_embeds_on_the_unit_sphere_and_its_loss_is_clip_loss() -> None:
+    model = tiny_clip().eval()
+    images = torch.rand(2, 3, 16, 16)
+    input_ids, attention_mask = token_batch()
+    with torch.no_grad():
+        loss, logits_per_image, logits_per_text = model(images, input_ids, attention_mask)
+        image_embeds, text_embeds = model.encode_image(images), model.encode_text(input_ids, attention_mask)
+    assert image_embeds.shape == text_embeds.shape == (2, 16)
+    torch.testing.assert_close(image_embeds.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(loss, clip_loss(image_embeds, text_embeds, model.logit_scale()))
+    torch.testing.assert_close(logits_per_image, 1 / 0.07 * image_embeds @ text_embeds.T)
+    torch.testing.assert_close(logits_per_text, logits_per_image.T)
+
+
+def test_clip_model_gradient_reaches_both_towers_and_the_temperature() -> None:
+    model = tiny_clip()
+    input_ids, attention_mask = token_batch()
+    loss, _, _ = model(torch.rand(2, 3, 16, 16), input_ids, attention_mask)
+    loss.backward()
+    for name in ("image_encoder.patch_embedding.projection.weight", "text_encoder.token_embedding.weight",
+                 "image_projection.weight", "text_projection.weight", "logit_scale.log_scale"):  # fmt: skip
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_clip_model_learns_to_pair_one_batch() -> None:
+    """Eight images, eight distinct captions: a few dozen steps take the loss from ln 8 towards 0."""
+    model = tiny_clip()
+    images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    input_ids = torch.stack([torch.tensor([2, 5 + index, 12 + index % 4, 3]) for index in range(8)])  # (8, 4)
+    attention_mask = torch.ones_like(input_ids)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(50):
+        loss, logits_per_image, _ = model(images, input_ids, attention_mask)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0], f"{losses[0]:.3f} → {losses[-1]:.3f}"
+    assert in_batch_accuracy(logits_per_image) == 1.0
+
+
+def test_clip_model_rejects_towers_without_a_width() -> None:
+    with pytest.raises(ValueError, match="image_encoder .*out_features"):
+        CLIP(torch.nn.Identity(), TextEncoder(TEXT))
+    with pytest.raises(ValueError, match="embed_dim"):
+        CLIPConfig(embed_dim=0)
+
+
+def test_in_batch_accuracy_counts_the_diagonal() -> None:
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 1.0, 2.0], [0.0, 0.0, 5.0]])
+    assert in_batch_accuracy(logits) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="square"):
+        in_batch_accuracy(logits[:2])
+
+
+def test_project_text_features_is_encode_text_after_the_tower() -> None:
+    model = tiny_clip().eval()
+    input_ids, attention_mask = token_batch()
+    with torch.no_grad():
+        features = model.text_encoder(input_ids, attention_mask)  # (2, 32)
+        torch.testing.assert_close(model.project_text_features(features), model.encode_text(input_ids, attention_mask))
+    with pytest.raises(ValueError, match=r"features must be \(batch, 32\)"):
+        model.project_text_features(features[:, :8])
+
+
+def test_locked_text_tower_is_frozen_and_mean_pools() -> None:
+    from mmcourse.bert import BertConfig, BertModel, mean_pool
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=20, context_length=8, d_model=32, n_heads=2, n_layers=1, d_ff=64))
+    tower = LockedTextTower(bert, out_features=32)
+    image_encoder = VisionTransformer(ViTConfig(image_size=16, patch_size=8, d_model=16, n_heads=2, n_layers=1,
+                                                d_ff=32))  # fmt: skip
+    model = CLIP(image_encoder, tower, CLIPConfig(embed_dim=8)).train()
+    assert not tower.training and not bert.training, "dropout in a locked tower would change its outputs"
+    input_ids, attention_mask = token_batch()
+    expected = mean_pool(bert(input_ids, attention_mask=attention_mask).hidden_states, attention_mask)
+    torch.testing.assert_close(tower(input_ids, attention_mask), expected)
+    loss, _, _ = model(torch.rand(2, 3, 16, 16), input_ids, attention_mask)
+    loss.backward()
+    assert all(parameter.grad is None for parameter in bert.parameters())
+    assert model.text_projection.weight.grad is not None  # the head on the locked tower still learns
+    assert model.image_encoder.patch_embedding.projection.weight.grad is not None
+    with pytest.raises(ValueError, match="out_features=16"):
+        LockedTextTower(bert, out_features=16)(input_ids, attention_mask)
+
+
+@pytest.mark.slow
+def test_hf_clip_embeddings_reproduce_the_model_saved_and_loaded(tmp_path) -> None:
+    """The Colab cell's path: save_pretrained / from_pretrained offline, embeddings → our zero-shot = its softmax."""
+    from transformers import CLIPModel
+
+    tiny_hf_clip().save_pretrained(tmp_path)
+    model = CLIPModel.from_pretrained(tmp_path).eval()
+    input_ids = torch.randint(2, 39, (3, 6))  # (classes, sequence)
+    input_ids[:, -1] = 39
+    attention_mask = torch.ones_like(input_ids)
+    pixel_values = torch.randn(4, 3, 16, 16)
+    image_embeds, text_embeds = hf_clip_embeddings(model, pixel_values, input_ids, attention_mask)
+    probabilities, predictions = zero_shot_classify(image_embeds, text_embeds, model.logit_scale.exp())
+    with torch.no_grad():
+        outputs = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+    torch.testing.assert_close(probabilities, outputs.logits_per_image.softmax(dim=-1))
+    assert torch.equal(predictions, outputs.logits_per_image.argmax(dim=-1))
+    with pytest.raises(ValueError, match="CLIPModel"):
+        hf_clip_embeddings(torch.nn.Linear(2, 2), pixel_values, input_ids, attention_mask)

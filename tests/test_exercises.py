@@ -1,4 +1,6 @@
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import nbformat
@@ -10,12 +12,15 @@ from mmcourse.exercises import (
     expect,
     expect_close,
     expect_shape,
+    is_solution_cell,
     make_student_notebook,
     run_check,
     solution_metadata,
 )
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def test_pass_and_hint(capsys) -> None:
@@ -98,3 +103,55 @@ def test_chapter_student_notebooks_hide_every_solution(path: Path, tmp_path: Pat
     assert cleared >= 1, f"{path.name} has no exercise"
     text = (tmp_path / path.name).read_text()
     assert "BEGIN SOLUTION" not in text and text.count("raise NotImplementedError()") >= cleared
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The exercise convention of every chapter (book/instructor.md lists the exercises from it)
+
+EXERCISE_BLOCK = re.compile(r"^```\{exercise\}[^\n]*\n:label: (?P<label>\S+)\n(?P<body>.*?)^```", re.M | re.S)
+CODE_ANSWER = re.compile(r"^def my_\w+\(", re.M)  # the student writes a function my_...()
+MEASUREMENT_PLACEHOLDER = re.compile(r"^\w+( = \w+)* = None  # replace None with your measurements\n")
+
+
+def exercises(chapter: Path) -> list[tuple[str, str, str]]:
+    """(label, text of the exercise block, source of its solution cell) for each exercise of a chapter notebook."""
+    cells = json.loads(chapter.read_text(encoding="utf-8"))["cells"]
+    solutions = {
+        cell["metadata"]["nbgrader"]["grade_id"]: "".join(cell["source"]) for cell in cells if is_solution_cell(cell)
+    }
+    blocks = [
+        (block["label"], block["body"])
+        for cell in cells
+        if cell["cell_type"] == "markdown"
+        for block in EXERCISE_BLOCK.finditer("".join(cell["source"]))
+    ]
+    labels = [label for label, _ in blocks]
+    assert sorted(solutions) == sorted(labels), f"{chapter.name}: solution cells' grade_ids differ from the labels"
+    return [(label, body, solutions[label]) for label, body in blocks]
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[path.stem for path in CHAPTERS])
+def test_every_chapter_has_code_and_experiment_exercises(chapter: Path) -> None:
+    found = exercises(chapter)
+    assert len(found) >= 4, f"{chapter.name} has {len(found)} exercises; every chapter has at least four"
+    kinds = Counter()
+    for label, body, solution in found:
+        assert re.fullmatch(rf"ex-{chapter.name[:2]}-[a-z0-9]+(-[a-z0-9]+)*", label), f"{label} in {chapter.name}"
+        assert "*Objective:*" in body, f"{label} states no *Objective:*"
+        assert re.search(r"\*Time:\* \d+ minutes", body), f"{label} states no *Time:* N minutes"
+        code, experiment = bool(CODE_ANSWER.search(solution)), bool(MEASUREMENT_PLACEHOLDER.match(solution))
+        assert code != experiment, f"{label}: a solution either defines my_...() or starts from measurements = None"
+        kinds["code" if code else "experiment"] += 1
+    assert kinds["code"] >= 1 and kinds["experiment"] >= 1, f"{chapter.name} has exercises of one kind only: {kinds}"
+
+
+def test_exercise_labels_are_unique_across_the_book() -> None:
+    labels = Counter(label for chapter in CHAPTERS for label, _, _ in exercises(chapter))
+    assert not [label for label, count in labels.items() if count > 1], f"labels used twice: {labels.most_common(3)}"
+
+
+def test_instructor_guide_covers_every_chapter() -> None:
+    guide = (ROOT / "book" / "instructor.md").read_text(encoding="utf-8")
+    for chapter in CHAPTERS:
+        for expected in (f"{{doc}}`../notebooks/{chapter.stem}`", f"```{{exercise-table}} {chapter.stem}\n"):
+            assert expected in guide, f"book/instructor.md has no {expected.strip()}: a new chapter needs its section"

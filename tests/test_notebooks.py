@@ -74,3 +74,24 @@ def test_a_failing_notebook_names_the_notebook_and_the_cell(tmp_path: Path) -> N
     assert result.returncode == 1
     assert "broken_chapter.ipynb::Cell 1" in output
     assert "ValueError: boom" in output
+
+
+def _widget_cells(notebook: nbformat.NotebookNode) -> list[int]:
+    """Indices of the code cells that show an ipywidgets explorer (a call to mmcourse.widgets' ``*_explorer``)."""
+    calls = re.compile(r"^\s*\w*_explorer\(", re.M)
+    return [
+        index for index, cell in enumerate(notebook.cells) if cell.cell_type == "code" and calls.search(cell.source)
+    ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_every_widget_has_a_static_fallback_for_the_book(path: Path) -> None:
+    """A widget needs a kernel, which the static book does not have: its cell is hidden there (remove-output), and
+    the code cell just before it draws the same thing as a figure or a table, which the book shows instead."""
+    notebook = nbformat.read(str(path), as_version=4)
+    for index in _widget_cells(notebook):
+        assert "remove-output" in notebook.cells[index].metadata.get("tags", []), f"{path.name} cell {index}"
+        previous = [cell for cell in notebook.cells[:index] if cell.cell_type == "code"][-1].source
+        last_line = previous.strip().splitlines()[-1]
+        draws = "plt.show()" in previous or "display(" in previous or re.match(r"^[\w.]+(\(.*\))?$", last_line)
+        assert draws, f"{path.name} cell {index}: the cell before a widget must show its static figure or table"

@@ -50,3 +50,17 @@ def test_embedding_scatter_one_series_per_label() -> None:
     assert len(ax.collections) == 3
     with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
         embedding_scatter(np.random.rand(6, 3), ["a"] * 6)
+
+
+def test_zero_shot_figure_draws_an_image_and_bars_per_row() -> None:
+    from mmcourse.viz import zero_shot_figure
+
+    probabilities = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    figure = zero_shot_figure(torch.rand(2, 3, 8, 8), ["a", "b", "c"], probabilities, titles=["first", "second"])
+    assert len(figure.axes) == 4
+    assert [patch.get_width() for patch in figure.axes[3].patches] == pytest.approx([0.1, 0.1, 0.8])
+    with pytest.raises(ValueError, match="probabilities"):
+        zero_shot_figure(torch.rand(2, 3, 8, 8), ["a", "b"], probabilities)
+    with pytest.raises(ValueError, match="images"):
+        zero_shot_figure(torch.rand(2, 8, 8), ["a", "b", "c"], probabilities)
+    plt.close(figure)

@@ -100,3 +100,37 @@ def test_sampling_explorer_regenerates_when_a_slider_moves(capsys: pytest.Captur
     assert shown() == greedy and greedy.startswith("to be")
     with pytest.raises(ValueError, match="max_new_tokens"):
         sampling_explorer(model, encode, decode, max_new_tokens=0)
+
+
+def test_zero_shot_explorer_redraws_for_the_chosen_image_and_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmcourse import viz
+    from mmcourse.clip import CLIP, CLIPConfig, TextEncoder, TextEncoderConfig
+    from mmcourse.vision import VisionTransformer, ViTConfig
+    from mmcourse.widgets import zero_shot_explorer
+
+    torch.manual_seed(0)
+    vision = VisionTransformer(ViTConfig(image_size=16, patch_size=8, d_model=16, n_heads=2, n_layers=1, d_ff=32))
+    text = TextEncoder(TextEncoderConfig(vocab_size=30, context_length=8, d_model=16, n_heads=2, n_layers=1, d_ff=32))
+    model = CLIP(vision, text, CLIPConfig(embed_dim=8)).eval()
+
+    def tokenize(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids = torch.tensor([[2, 5 + len(prompt) % 20, 3] for prompt in prompts])  # (C, 3)
+        return input_ids, torch.ones_like(input_ids)
+
+    drawn = []
+
+    def record(images, prompts, probabilities, titles=None):
+        drawn.append((images, list(prompts), probabilities, titles))
+
+    monkeypatch.setattr(viz, "zero_shot_figure", record)
+    images = torch.rand(3, 3, 16, 16)
+    explorer = zero_shot_explorer(model, tokenize, images, ["a red circle", "a blue square"], titles=["a", "b", "c"])
+    image_slider, prompt_box = explorer.children[0], explorer.children[1]
+    assert drawn[-1][1] == ["a red circle", "a blue square"] and drawn[-1][3] == ["a"]
+    torch.testing.assert_close(drawn[-1][2].sum(-1), torch.ones(1))
+    image_slider.value = 2
+    assert torch.equal(drawn[-1][0], images[2:3]) and drawn[-1][3] == ["c"]
+    prompt_box.value = "a green triangle\n\na cat\na dog"
+    assert drawn[-1][1] == ["a green triangle", "a cat", "a dog"] and drawn[-1][2].shape == (1, 3)
+    with pytest.raises(ValueError, match="prompts"):
+        zero_shot_explorer(model, tokenize, images, [])

@@ -1,33 +1,52 @@
-"""Sphinx extension for the mmcourse book: the Results page's table, built from the recorded JSON files.
+"""Sphinx extension for the mmcourse book: tables of the recorded results, and of each chapter's exercises.
 
-The Results page is read after every other page, so it shows what this very build's notebooks recorded.
+The pages with a results table (Results, and the instructor guide) are read after every other page, so they show
+what this very build's notebooks recorded.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docutils import nodes
-from docutils.parsers.rst import Directive
+from docutils.parsers.rst import Directive, directives
+from sphinx import addnodes
 from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
 
-RESULTS_DOCNAME = "book/results"
+if TYPE_CHECKING:
+    from mmcourse.results import Result
+
+RESULTS_DOCNAMES = ("book/instructor", "book/results")  # the pages that use {results-table}
 MEASUREMENTS = Path(__file__).resolve().parents[1] / "measurements"  # book/measurements/<profile>/<chapter>.json
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 class ResultsTable(Directive):
-    """``{results-table}``: one table per profile of every value recorded with ``mmcourse.results.record``."""
+    """``{results-table}``: one table per profile of every value recorded with ``mmcourse.results.record``.
+
+    ``:names: "*_seconds parameters"`` keeps only the results whose name matches one of these glob patterns (quoted:
+    MyST reads the options as YAML, where a leading ``*`` means something else).
+    """
 
     has_content = False
+    option_spec = {"names": directives.unchanged_required}
 
     def run(self) -> list[nodes.Node]:
         from mmcourse.results import format_value, load, results_dir, with_measurements
 
         directory = results_dir()
         built = load(directory)
-        results = with_measurements(built, load(MEASUREMENTS))
+        patterns = self.options.get("names", "").split()
+        results = matching(with_measurements(built, load(MEASUREMENTS)), patterns)
         if not results:
-            paragraph = nodes.paragraph(text=f"No results have been recorded yet (looked in {directory}).")
+            named = f" named {' or '.join(patterns)}" if patterns else ""
+            paragraph = nodes.paragraph(text=f"No results{named} have been recorded yet (looked in {directory}).")
             return [paragraph]
         profiles_built = {result.profile for result in built}
         output: list[nodes.Node] = []
@@ -43,6 +62,96 @@ class ResultsTable(Directive):
             ]
             output += [section_title, _table(headers, body)]
         return output
+
+
+def matching(results: list[Result], patterns: list[str]) -> list[Result]:
+    """The results whose name matches one of the glob ``patterns``; all of them when there is no pattern."""
+    if not patterns:
+        return list(results)
+    return [result for result in results if any(fnmatch.fnmatchcase(result.name, p) for p in patterns)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exercises, read from the chapter notebooks
+
+EXERCISE = re.compile(r"^```\{exercise\}\s*(?P<title>.*?)\n:label:\s*(?P<label>\S+)\n(?P<body>.*?)^```", re.M | re.S)
+OBJECTIVE = re.compile(r"\*Objective:\*\s*(?P<objective>.+?)\s*\*Time:\*\s*(?P<minutes>\d+) minutes")
+CODE_ANSWER = re.compile(r"^def my_\w+\(", re.M)  # a code exercise: the student writes my_...()
+MEASUREMENT_ANSWER = re.compile(r"^\w+( = \w+)* = None  # replace None with your measurements")  # an experiment
+
+
+@dataclass(frozen=True)
+class Exercise:
+    label: str  # ex-NN-name, also the nbgrader grade_id of its solution cell
+    title: str
+    objective: str
+    minutes: int
+    kind: str  # "code", "experiment", or "unknown"
+
+
+def chapter_exercises(notebook: Path) -> list[Exercise]:
+    """Every ``{exercise}`` block of a chapter notebook, in order, with the kind of its solution cell."""
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    solutions = {
+        cell["metadata"]["nbgrader"]["grade_id"]: "".join(cell["source"])
+        for cell in cells
+        if cell.get("metadata", {}).get("nbgrader", {}).get("solution")
+    }
+    found = []
+    for cell in cells:
+        if cell["cell_type"] != "markdown":
+            continue
+        for block in EXERCISE.finditer("".join(cell["source"])):
+            stated = OBJECTIVE.search(block["body"])
+            found.append(
+                Exercise(
+                    label=block["label"],
+                    title=block["title"].strip(),
+                    objective=stated["objective"].rstrip(".") if stated else "",
+                    minutes=int(stated["minutes"]) if stated else 0,
+                    kind=answer_kind(solutions.get(block["label"], "")),
+                )
+            )
+    return found
+
+
+def answer_kind(solution: str) -> str:
+    """The kind of exercise a solution cell answers: ``code`` when it defines ``my_...()``, ``experiment`` when it
+    starts by setting the measurements to None, else ``unknown``."""
+    if CODE_ANSWER.search(solution):
+        return "code"
+    return "experiment" if MEASUREMENT_ANSWER.match(solution) else "unknown"
+
+
+class ExerciseTable(SphinxDirective):
+    """``{exercise-table} 01_attention``: the exercises of one chapter (title, kind, objective, time), each
+    linked to the exercise itself, and their total time."""
+
+    required_arguments = 1
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        notebook = NOTEBOOKS / f"{self.arguments[0]}.ipynb"
+        if not notebook.is_file():
+            raise self.error(f"exercise-table: no chapter notebook {notebook}")
+        self.env.note_dependency(str(notebook))
+        exercises = chapter_exercises(notebook)
+        if not exercises:
+            raise self.error(f"exercise-table: {notebook.name} has no exercise")
+        table = _table(["exercise", "kind", "objective", "time"], [])
+        table["classes"] = ["exercise-table"]
+        body = table.next_node(nodes.tbody)
+        for exercise in exercises:
+            link = addnodes.pending_xref(
+                "", refdomain="std", reftype="ref", reftarget=exercise.label, refexplicit=True, refwarn=True
+            )
+            link["refdoc"] = self.env.docname
+            link += nodes.inline(text=exercise.title)
+            row = _row(["", exercise.kind, exercise.objective, f"{exercise.minutes} min"])
+            row[0][0] += link
+            body += row
+        body += _row(["all exercises", "", "", f"{sum(e.minutes for e in exercises)} min"])
+        return [table]
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> nodes.table:
@@ -70,15 +179,16 @@ def _row(cells: list[str]) -> nodes.row:
 
 
 def read_results_last(app: Sphinx, env: object, docnames: list[str]) -> None:
-    """Read the Results page after the chapters, whose execution records the values it shows."""
-    if RESULTS_DOCNAME in docnames:
-        docnames.remove(RESULTS_DOCNAME)
-        docnames.append(RESULTS_DOCNAME)
+    """Read the pages with a results table after the chapters, whose execution records the values they show."""
+    for docname in RESULTS_DOCNAMES:
+        if docname in docnames:
+            docnames.remove(docname)
+            docnames.append(docname)
 
 
 def results_always_outdated(app: Sphinx, env: object, added: set, changed: set, removed: set) -> list[str]:
-    """The Results page depends on files outside Sphinx's view: rebuild it every time."""
-    return [RESULTS_DOCNAME] if RESULTS_DOCNAME in getattr(env, "found_docs", set()) else []
+    """The pages with a results table depend on files outside Sphinx's view: rebuild them every time."""
+    return [docname for docname in RESULTS_DOCNAMES if docname in getattr(env, "found_docs", set())]
 
 
 def drop_thebe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: object) -> None:
@@ -103,6 +213,7 @@ WIDGETS_REQUIRE_CONFIG = (
 
 def setup(app: Sphinx) -> dict:
     app.add_directive("results-table", ResultsTable)
+    app.add_directive("exercise-table", ExerciseTable)
     app.add_js_file(None, body=WIDGETS_REQUIRE_CONFIG, priority=100)
     app.connect("env-get-outdated", results_always_outdated)
     app.connect("env-before-read-docs", read_results_last)

@@ -93,3 +93,41 @@ def load_sentiment(domain: str) -> list[Snippet]:
             raise ValueError(f"{path.name} line {number}: expected 3 tab-separated fields, got {len(parts)}")
         snippets.append(Snippet(id=parts[0], rating=float(parts[1]), text=parts[2].strip()))
     return snippets
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class LabelledText:
+    text: str
+    label: int  # 1 = positive, 0 = negative
+    rating: float
+
+
+def binary_splits(
+    domain: str = "movies",
+    band: float = 0.5,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+) -> dict[str, list[LabelledText]]:
+    """Binary sentiment with fixed train/validation/test splits: rating >= band is positive (1), rating <= -band
+    negative (0), and the snippets rated within (-band, band) — neither clearly positive nor negative — are left
+    out. The snippets are shuffled once with ``seed`` and cut by ``fractions``, so the splits never change."""
+    import numpy as np
+
+    if not 0.0 <= band < 4.0:
+        raise ValueError(f"band must be in [0, 4) (ratings run from -4 to 4), got {band}")
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
+        raise ValueError(f"fractions must be three non-negative shares of train, validation, test summing to 1, "
+                         f"got {fractions}")  # fmt: skip
+    kept = [
+        LabelledText(snippet.text, int(snippet.rating > 0), snippet.rating)
+        for snippet in load_sentiment(domain)
+        if abs(snippet.rating) >= band and snippet.rating != 0.0
+    ]
+    order = np.random.default_rng(seed).permutation(len(kept))
+    first = round(fractions[0] * len(kept))
+    second = first + round(fractions[1] * len(kept))
+    cuts = {"train": order[:first], "validation": order[first:second], "test": order[second:]}
+    return {name: [kept[index] for index in indices] for name, indices in cuts.items()}
