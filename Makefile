@@ -12,7 +12,7 @@ PYTEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: test book site-test student lint setup vendor clean
+.PHONY: test book site-test student bench lint setup vendor clean
 CHROMIUM := $(shell command -v chromium 2>/dev/null)
 
 ## make test: unit tests (no network), then every notebook executed in the fast profile, book built unexecuted
@@ -36,6 +36,12 @@ site-test: setup
 ## make student: student notebooks in student/, solutions cleared, outputs removed
 student: setup
 	$(BIN)/python -m mmcourse.exercises notebooks student
+
+## make bench: our pieces beside torch's and transformers' on this machine (ratios, median [min–max]) and each
+## chapter's execution time (fast: run now; cpu: from the last make book); table printed, JSON in _build/bench/.
+## Under 10 minutes on two cores. BENCH_ARGS passes options: make bench BENCH_ARGS=--quick
+bench: setup
+	$(BIN)/python -m mmcourse.bench $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check mmcourse tests notebooks book
