@@ -318,15 +318,19 @@ class GPT(nn.Module):
                 f"input_ids must hold ids in [0, vocab_size={self.config.vocab_size}), got "
                 f"{input_ids.min().item()}…{input_ids.max().item()}"
             )
+        return self._check_positions("input_ids", input_ids.size(1), cache)
+
+    def _check_positions(self, name: str, length: int, cache: KVCache | None) -> int:
+        """The position of the first new token (the cache's length, else 0), checked against the learned positions."""
         offset = 0
         if cache is not None:
             if not isinstance(cache, KVCache) or len(cache.layers) != self.config.n_layers:
                 raise ValueError(f"cache must be a KVCache with n_layers={self.config.n_layers} slots")
             offset = cache.length
-        end = offset + input_ids.size(1)
+        end = offset + length
         if self.positional is not None and end > self.config.context_length:
             raise ValueError(
-                f"input_ids reach position {end} (cached {offset} + T {input_ids.size(1)}), more than "
+                f"{name} reach position {end} (cached {offset} + T {length}), more than "
                 f"context_length={self.config.context_length} learned positions: crop the input to the last "
                 f"{self.config.context_length} tokens"
             )
@@ -338,8 +342,22 @@ class GPT(nn.Module):
         """input_ids (batch, T) → logits (batch, T, vocab_size); with ``need_weights``, (logits, attn_weights
         stacked (n_layers, batch, n_heads, T, S)). With ``cache``, input_ids continue the cached tokens (S = cached
         + T) and their keys and values are appended to it."""
-        offset = self._check_input_ids(input_ids, cache)
-        hidden_states = self.token_embedding(input_ids)  # (batch, T, d_model)
+        self._check_input_ids(input_ids, cache)
+        return self.forward_embeddings(self.token_embedding(input_ids), cache, need_weights)
+
+    def forward_embeddings(
+        self, hidden_states: Tensor, cache: KVCache | None = None, need_weights: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The same forward pass from input vectors (batch, T, d_model) instead of token ids: what a soft prompt
+        needs, since its vectors are not rows of the embedding matrix. Returns what ``forward`` returns."""
+        if (
+            not isinstance(hidden_states, Tensor)
+            or hidden_states.dim() != 3
+            or hidden_states.size(-1) != self.config.d_model
+        ):
+            shape = tuple(hidden_states.shape) if isinstance(hidden_states, Tensor) else type(hidden_states).__name__
+            raise ValueError(f"hidden_states must be (batch, T, d_model={self.config.d_model}), got {shape}")
+        offset = self._check_positions("hidden_states", hidden_states.size(1), cache)
         if self.positional is not None:
             hidden_states = self.positional(hidden_states, offset)  # (batch, T, d_model) + position vectors
         hidden_states = self.dropout(hidden_states)  # (batch, T, d_model)
