@@ -444,8 +444,8 @@ class ImageCaptioner(nn.Module):
     Transformer decoder writes the caption, cross-attending to them at every layer.
 
     ``encode`` and ``decode`` have the signatures of :class:`mmcourse.transformer.Seq2SeqTransformer`, so
-    :func:`mmcourse.generation.greedy_decode` and :func:`~mmcourse.generation.beam_search` work unchanged; those
-    expect a 2-D source, so ``encode`` also accepts images flattened to (batch, C·H·W) (see ``caption_images``).
+    :func:`mmcourse.generation.greedy_decode` and :func:`~mmcourse.generation.beam_search` work unchanged, given the
+    images as the source and an all-ones memory mask (see ``caption_images``).
     """
 
     def __init__(self, config: CaptionerConfig) -> None:
@@ -483,11 +483,8 @@ class ImageCaptioner(nn.Module):
         return 1 + (self.config.image_size // self.config.patch_size) ** 2
 
     def encode(self, images: Tensor, src_attention_mask: Tensor | None = None) -> Tensor:
-        """images (batch, C, H, W), or flattened (batch, C·H·W) → memory (batch, 1 + P, d_model). Every memory
-        position is real, so ``src_attention_mask`` is only checked: None or all ones (batch, 1 + P)."""
-        config = self.config
-        if images.dim() == 2 and images.size(1) == config.channels * config.image_size**2:
-            images = images.view(-1, config.channels, config.image_size, config.image_size)  # (batch, C, H, W)
+        """images (batch, C, H, W) → memory (batch, 1 + P, d_model). Every memory position is real, so
+        ``src_attention_mask`` is only checked: None or all ones (batch, 1 + P)."""
         if src_attention_mask is not None and (
             src_attention_mask.shape != (images.size(0), self.n_memory) or not bool(src_attention_mask.all())
         ):
@@ -542,9 +539,8 @@ def caption_images(
     check_positive_int("beam_size", beam_size)
     if images.dim() != 4:
         raise ValueError(f"images must be (batch, C, H, W), got shape {tuple(images.shape)}")
-    flat = images.flatten(1)  # (batch, C·H·W): generation.py takes a 2-D source
-    memory_mask = torch.ones(images.size(0), model.n_memory, dtype=torch.long, device=images.device)
+    memory_mask = torch.ones(images.size(0), model.n_memory, dtype=torch.long, device=images.device)  # all real
     if beam_size == 1:
-        return greedy_decode(model, flat, bos_id, eos_id, max_length, src_attention_mask=memory_mask)
-    sequences, _ = beam_search(model, flat, bos_id, eos_id, max_length, beam_size, src_attention_mask=memory_mask)
+        return greedy_decode(model, images, bos_id, eos_id, max_length, src_attention_mask=memory_mask)
+    sequences, _ = beam_search(model, images, bos_id, eos_id, max_length, beam_size, src_attention_mask=memory_mask)
     return sequences[:, 0]  # (batch, ≤ max_length): the best beam

@@ -42,9 +42,16 @@ def _resolve_pad_id(model: nn.Module, pad_id: int | None) -> int:
     return getattr(config, "pad_id", 0)
 
 
-def _check_generation_args(src_ids: Tensor, bos_id: int, eos_id: int, max_length: int) -> None:
-    if src_ids.dim() != 2:
-        raise ValueError(f"src_ids must be (batch, S), got shape {tuple(src_ids.shape)}")
+def _check_generation_args(
+    src_ids: Tensor, bos_id: int, eos_id: int, max_length: int, src_attention_mask: Tensor | None
+) -> None:
+    """src_ids: token ids (batch, S), or any source the model's ``encode`` takes (images (batch, C, H, W), …) when
+    ``src_attention_mask`` (batch, S) is given, since a mask can only be read off token ids."""
+    if src_ids.dim() < 2 or (src_ids.dim() != 2 and src_attention_mask is None):
+        raise ValueError(
+            f"src_ids must be (batch, S) token ids, or a (batch, ...) source with src_attention_mask given; got shape "
+            f"{tuple(src_ids.shape)}"
+        )
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
@@ -65,7 +72,7 @@ def greedy_decode(
     Stops as soon as every sequence has produced EOS. ``pad_id`` defaults to ``model.config.pad_id`` (else 0);
     ``src_attention_mask`` (1 = real token) defaults to ``src_ids != pad_id``.
     """
-    _check_generation_args(src_ids, bos_id, eos_id, max_length)
+    _check_generation_args(src_ids, bos_id, eos_id, max_length, src_attention_mask)
     pad_id = _resolve_pad_id(model, pad_id)
     if src_attention_mask is None:
         src_attention_mask = (src_ids != pad_id).long()  # (batch, S)
@@ -108,7 +115,7 @@ def beam_search(
     ((5 + length) / 6)^length_penalty. Candidates are ranked by that score; a finished beam keeps its place (extended by
     pad at no cost) until better candidates push it out. ``beam_size=1`` is greedy decoding.
     """
-    _check_generation_args(src_ids, bos_id, eos_id, max_length)
+    _check_generation_args(src_ids, bos_id, eos_id, max_length, src_attention_mask)
     check_positive_int("beam_size", beam_size)
     if not length_penalty >= 0:
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")

@@ -131,3 +131,5 @@ def test_bad_arguments_raise() -> None:
         beam_search(model, src_ids, BOS, EOS, max_length=5, length_penalty=-1.0)
     with pytest.raises(ValueError, match="src_ids"):
         greedy_decode(model, src_ids[0], BOS, EOS, max_length=5)
+    with pytest.raises(ValueError, match="src_attention_mask"):  # a non-token source needs its mask
+        greedy_decode(model, src_ids[..., None], BOS, EOS, max_length=5)
