@@ -12,7 +12,7 @@ PYTEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: test book site-test student bench lint setup vendor clean
+.PHONY: test book site-test student bench runbook lint setup vendor clean
 CHROMIUM := $(shell command -v chromium 2>/dev/null)
 
 ## make test: unit tests (no network), then every notebook executed in the fast profile, book built unexecuted
@@ -42,6 +42,13 @@ student: setup
 ## Under 10 minutes on two cores. BENCH_ARGS passes options: make bench BENCH_ARGS=--quick
 bench: setup
 	$(BIN)/python -m mmcourse.bench $(BENCH_ARGS)
+
+## make runbook: every chapter notebook executed one at a time in this machine's profile (MMCOURSE_PROFILE), its
+## time and peak memory (GPU, else resident) printed and written to book/runbook/<machine>--<profile>.json for the
+## book's Runbook page; exit code 1 if a chapter fails or, on a GPU, needs more than a Colab T4's 15 GB.
+## RUNBOOK_ARGS passes options: make runbook RUNBOOK_ARGS="--chapters 01 04"
+runbook: setup
+	$(BIN)/python -m mmcourse.runbook $(RUNBOOK_ARGS)
 
 lint: setup
 	$(BIN)/ruff check mmcourse tests notebooks book

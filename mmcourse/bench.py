@@ -5,17 +5,18 @@ on Linux we reset the process's peak resident memory (``/proc/self/clear_refs``)
 the peak (``VmHWM``) rose above the memory in use before it. Elsewhere CPU memory is reported as not measured.
 
 ``python -m mmcourse.bench`` (``make bench``) puts our pieces beside a reference on this machine, in one run:
-explicit attention vs torch's fused kernel, generation with vs without the KV cache, our GPT's training and our
-BERT's and CLIP's forward passes vs transformers' models of the same config, and each chapter's execution time in
-the fast and cpu profiles. Each pair runs back to back, repeat after repeat, so both see the same machine; the
-table gives median [min–max] of each side and of their per-repeat ratio. ``--quick`` is the seconds-long version
-for CI.
+explicit attention vs torch's fused kernel, generation with vs without the KV cache, our GPT's training vs
+transformers' GPT-2 and vs itself under ``torch.compile``, our BERT's and CLIP's forward passes vs transformers'
+models of the same config, and each chapter's execution time in the fast and cpu profiles. Each pair runs back to
+back, repeat after repeat, so both see the same machine; the table gives median [min–max] of each side and of
+their per-repeat ratio. ``--quick`` is the seconds-long version for CI.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import datetime as _dt
 import json
@@ -35,10 +36,11 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mmcourse.attention import scaled_dot_product_attention
 from mmcourse.bert import BertConfig, BertModel, to_hf_bert
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_positive_int, positive_int_argument
 from mmcourse.clip import CLIP, CLIPConfig, TextEncoder, TextEncoderConfig
 from mmcourse.device import describe, machine_name
 from mmcourse.generation import generate
@@ -48,6 +50,8 @@ from mmcourse.vision import VisionTransformer, ViTConfig
 
 if TYPE_CHECKING:
     import transformers
+
+    from mmcourse.runbook import ChapterRun
 
 ATTENTION_IMPLEMENTATIONS = ("explicit", "fused")
 
@@ -194,7 +198,7 @@ def as_records(costs: list[AttentionCost]) -> list[dict]:
 # make bench: each figure beside a reference, measured in the same run, summarised as ratios
 # ---------------------------------------------------------------------------------------------------------------
 
-SECTIONS = ("attention", "generation", "training", "bert", "clip", "notebooks")
+SECTIONS = ("attention", "generation", "training", "compile", "bert", "clip", "notebooks")
 PROFILE_CACHE = "cpu"  # the profile whose notebook times come from `make book`'s execution cache
 MIB = 2**20
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours in a kernel's traceback
@@ -459,6 +463,57 @@ def training_section(config: GPTConfig, batch: int, steps: int, repeats: int, de
     )
 
 
+def compile_section(config: GPTConfig, batch: int, steps: int, repeats: int, device: str = "cpu") -> Section:
+    """Does ``torch.compile`` pay off here? GPT training throughput with the forward compiled vs eager: two copies
+    of one model with the same weights, each with its own AdamW; on CUDA both under bf16 autocast, as the gpu
+    profile trains. The time to compile (the first step) is reported apart from the throughput."""
+    check_positive_int("batch", batch)
+    check_positive_int("steps", steps)
+    check_positive_int("repeats", repeats)
+    torch.manual_seed(0)
+    eager = GPT(config).to(device).train()
+    twin = copy.deepcopy(eager)
+    compiled = torch.compile(twin)  # OptimizedModule: calls run the compiled forward of twin
+    length = config.context_length
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(config.vocab_size, (batch, length + 1), generator=generator).to(device)  # (batch, T + 1)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (batch, T) each
+    optimizers = {id(eager): torch.optim.AdamW(eager.parameters(), lr=3e-4)}
+    optimizers[id(compiled)] = torch.optim.AdamW(twin.parameters(), lr=3e-4)
+    cuda = device.startswith("cuda")
+
+    def train(model: nn.Module, count: int = steps) -> None:
+        optimizer = optimizers[id(model)]
+        for _ in range(count):
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+            with autocast:
+                loss = next_token_loss(model(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    torch._dynamo.reset()  # forget what this process compiled before ...
+    with tempfile.TemporaryDirectory() as cache, _environment(TORCHINDUCTOR_CACHE_DIR=cache):  # ... and the disk cache
+        _synchronize(device)
+        start = time.perf_counter()
+        train(compiled, 1)  # the first call compiles the forward and the backward
+        _synchronize(device)
+        compile_seconds = time.perf_counter() - start
+    seconds = time_pair(lambda: train(compiled), lambda: train(eager), repeats, device=device)
+    rates = [_per_second(steps * batch * length, side) for side in seconds]
+    row = compare(f"batch {batch} × {length} tokens, {steps} steps", "tokens/s", *rates, _measured(repeats))
+    precision = "bf16 autocast" if cuda else "float32"
+    return Section(
+        "compile",
+        "torch.compile: GPT training throughput",
+        "torch.compile(GPT)",
+        "the same GPT, eager",
+        (row,),
+        f"d_model={config.d_model}, {config.n_layers} layers, {precision}; forward + loss + backward + AdamW step; "
+        f"compiling (the first step, from an empty cache) took {compile_seconds:.1f} s, not in the throughput",
+    )
+
+
 def _padded_batch(
     batch: int, length: int, low: int, high: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -694,15 +749,28 @@ def execute_notebook(path: Path, profile: str = "fast", timeout: int = 600, thre
     return result
 
 
+def runbook_times(folder: Path, machine: str, profile: str) -> dict[str, ChapterRun]:
+    """The chapters that ``make runbook`` measured on ``machine`` in ``profile`` and that ran to the end, by file
+    stem, from the runbook files in ``folder``; {} when there are none."""
+    from mmcourse.runbook import load_runbooks
+
+    for runbook in load_runbooks(folder):
+        if (runbook.machine, runbook.profile) == (machine, profile):
+            return {run.chapter: run for run in runbook.chapters if run.ok}
+    return {}
+
+
 def notebooks_section(root: Path | None, execute: bool, timeout: int = 600) -> Section:
     """Each chapter's execution time: the fast profile executed now (when ``execute``), the cpu profile as the last
-    ``make book`` recorded it (re-running it would take about half an hour on two cores)."""
+    ``make book`` recorded it or, failing that, as ``make runbook`` measured it on this machine (re-running it would
+    take over an hour on two cores)."""
     title, ours, reference = "Chapter notebooks, execution time", "fast profile", f"{PROFILE_CACHE} profile"
     if root is None:
         return Section("notebooks", title, ours, reference, (), "not measured: mmcourse is not run from a checkout")
     cache_dir = Path(root) / "_build" / ".jupyter_cache" / PROFILE_CACHE
     notebooks = chapter_notebooks(root)
     cached = cached_execution_times(cache_dir, notebooks)
+    runbook_runs = runbook_times(Path(root) / "book" / "runbook", machine_name(), PROFILE_CACHE)
     seconds = execute_notebooks(notebooks, "fast", timeout, workers=NOTEBOOK_WORKERS) if execute else []
     rows, errors = [], []
     for index, notebook in enumerate(notebooks):
@@ -716,9 +784,14 @@ def notebooks_section(root: Path | None, execute: bool, timeout: int = 600) -> S
             else:
                 fast, fast_source = [result], "fast: executed now (nbclient, 1 run)"
         run = cached.get(notebook.name)
-        if run is None:
+        measured = runbook_runs.get(notebook.stem)
+        if run is None and measured is not None:
+            threads = f", {measured.torch_threads} torch thread(s)" if measured.torch_threads else ""
+            cpu, cpu_source = [measured.seconds], f"{PROFILE_CACHE}: book/runbook, {measured.date}{threads}"
+        elif run is None:
             where = "no cache there" if not (cache_dir / "global.db").is_file() else "no record of this notebook"
-            cpu, cpu_source = None, f"{PROFILE_CACHE}: not measured (no `make book` run: {where})"
+            runbook = "no finished run in this machine's book/runbook file"
+            cpu, cpu_source = None, f"{PROFILE_CACHE}: not measured (no `make book` run: {where}; {runbook})"
         else:
             changed = "" if run.current else ", notebook changed since"
             cpu, cpu_source = [run.seconds], f"{PROFILE_CACHE}: `make book` cache, {run.recorded}{changed}"
@@ -726,7 +799,7 @@ def notebooks_section(root: Path | None, execute: bool, timeout: int = 600) -> S
     note = (
         f"fast: executed now with nbclient, {NOTEBOOK_WORKERS} at a time, one torch thread each (OMP_NUM_THREADS=1), "
         f"as make test runs them; {PROFILE_CACHE}: MyST-NB's execution_seconds in {cache_dir.relative_to(root)} "
-        "(jupyter-cache), as make book ran it, not re-run"
+        "(jupyter-cache), as make book ran it, else this machine's book/runbook file; not re-run"
     )
     return Section("notebooks", title, ours, reference, tuple(rows), note, tuple(errors))
 
@@ -805,6 +878,7 @@ def run_bench(sizes: BenchSizes, device: str = "cpu", root: Path | None = None) 
         "attention": lambda: attention_section(sizes.attention_lengths, repeats, device=device),
         "generation": lambda: generation_section(sizes.gpt, sizes.prompt_length, sizes.new_tokens, repeats, 1, device),
         "training": lambda: training_section(sizes.gpt, sizes.train_batch, sizes.train_steps, repeats, device),
+        "compile": lambda: compile_section(sizes.gpt, sizes.train_batch, sizes.train_steps, repeats, device),
         "bert": lambda: bert_section(sizes.bert, sizes.bert_batch, sizes.bert_length, repeats, device),
         "clip": lambda: clip_section(sizes.vit, sizes.text, sizes.embed_dim, sizes.clip_batch, repeats, device),
         "notebooks": lambda: notebooks_section(root, sizes.execute_notebooks),
@@ -923,16 +997,6 @@ def format_table(sections: Sequence[Section], header: str = "") -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
-    return value
-
-
 def default_output() -> Path:
     """_build/bench/bench.json in the checkout (or under the working directory when not run from one)."""
     root = repository_root()
@@ -946,7 +1010,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat, no notebook execution (CI)")
     parser.add_argument("--output", type=Path, default=None, help="the JSON report (default: _build/bench/bench.json)")
-    parser.add_argument("--repeats", type=_positive_int, default=None, help="timed repeats per figure (default: 5)")
+    parser.add_argument(
+        "--repeats", type=positive_int_argument, default=None, help="timed repeats per figure (default: 5)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA if available")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -34,7 +34,8 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
     eval_every: int = 0  # 0: evaluate only at the end (if an evaluate function is given)
-    autocast_bf16: bool = False  # bf16 autocast on CUDA; ignored on the CPU
+    autocast_bf16: bool = False  # bf16 autocast on a GPU with bf16 arithmetic; ignored elsewhere (see uses_bf16)
+    compile: bool = False  # run the forward through torch.compile (make bench measures whether it pays off)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -54,6 +55,9 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        for name in ("autocast_bf16", "compile", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -94,6 +98,15 @@ def adamw(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     no_decay = [p for p in parameters if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate, betas=config.betas)
+
+
+def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
+    """Whether ``train`` runs the forward pass under bf16 autocast: ``config.autocast_bf16`` on a CUDA device whose
+    hardware computes in bf16 (Ampere and newer: A100, H100, RTX 30xx …). Older GPUs such as Colab's T4 only
+    emulate bf16, which is slower than float32, so training there stays in float32."""
+    if not config.autocast_bf16 or torch.device(device).type != "cuda":
+        return False
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -158,7 +171,9 @@ def train(
     ``device`` (default: the model's). ``evaluate(model)`` runs every ``config.eval_every`` steps and at the end,
     under ``torch.no_grad()`` with the model in eval mode. Pass ``history`` to continue a previous run's record.
     ``lr_lambda(step)`` (0-based), when given, replaces ``config.schedule`` as the factor on each group's base
-    learning rate: e.g. the Transformer paper's warmup schedule.
+    learning rate: e.g. the Transformer paper's warmup schedule. With ``config.compile``, ``loss_fn`` receives the
+    ``torch.compile`` wrapper of ``model`` (same parameters; calling it runs the compiled forward), while
+    ``evaluate`` gets ``model`` itself; the first steps pay for compiling.
     """
     from tqdm.auto import tqdm
 
@@ -171,7 +186,8 @@ def train(
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     history = history or History()
     next_batch = _batch_source(batches)
-    use_autocast = config.autocast_bf16 and device.type == "cuda"
+    use_autocast = uses_bf16(config, device)
+    forward_model = torch.compile(model) if config.compile else model  # shares model's parameters
     start = time.perf_counter()
 
     def run_evaluation(step: int) -> None:
@@ -190,7 +206,7 @@ def train(
         batch = to_device(next_batch(step), device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
         with autocast:
-            output = loss_fn(model, batch)
+            output = loss_fn(forward_model, batch)
         loss, metrics = output if isinstance(output, tuple) else (output, {})
         if not isinstance(loss, Tensor) or loss.dim() != 0:
             raise ValueError("loss_fn must return a scalar tensor (or a (scalar tensor, metrics dict) pair)")

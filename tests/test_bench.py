@@ -193,6 +193,30 @@ def test_cpu_times_come_from_the_book_builds_execution_cache(tmp_path: Path) -> 
     assert section.rows[1].reference is None and "no record of this notebook" in section.rows[1].source
 
 
+def test_cpu_times_fall_back_to_this_machines_runbook(tmp_path: Path) -> None:
+    from mmcourse.device import machine_name
+    from mmcourse.runbook import ChapterRun, write_runbook
+
+    _write_notebook(tmp_path / "notebooks" / "01_first.ipynb", "x = 1")
+    _write_notebook(tmp_path / "notebooks" / "02_second.ipynb", "y = 2")
+    folder = tmp_path / "book" / "runbook"
+
+    def run(chapter: str, seconds: float, status: str = "ok") -> ChapterRun:
+        return ChapterRun(chapter, seconds, None, 10**9, status, "2026-11-26", "2.13.0", 1)
+
+    write_runbook(
+        [run("01_first", 321.0), run("02_second", 5.0, "failed: ValueError: x")],
+        folder / "a.json",
+        machine_name(),
+        "cpu",
+    )
+    write_runbook([run("02_second", 99.0)], folder / "b.json", "another machine", "cpu")
+    rows = notebooks_section(tmp_path, execute=False).rows
+    assert rows[0].reference == Summary(321.0, 321.0, 321.0, 1) and "book/runbook, 2026-11-26" in rows[0].source
+    assert rows[1].reference is None, "a failed run, and another machine's, are not this machine's time"
+    assert "no finished run in this machine's book/runbook file" in rows[1].source
+
+
 @pytest.mark.slow
 @pytest.mark.enable_socket  # the Jupyter kernel talks to this process over localhost ...
 @pytest.mark.allow_hosts(["127.0.0.1"])  # ... and nowhere else
@@ -239,7 +263,7 @@ def test_quick_run_writes_every_section_as_json(tmp_path: Path, capsys: pytest.C
     assert report["mode"] == "quick" and "device=" in report["device"] and report["sizes"]["repeats"] == 1
     assert report["load_average_start"] is None or report["load_average_start"] >= 0
     assert list(report["sections"]) == list(SECTIONS)
-    for name in ("attention", "generation", "training", "bert", "clip"):
+    for name in ("attention", "generation", "training", "compile", "bert", "clip"):
         rows = report["sections"][name]["rows"]
         assert rows and all(row["ours"] and row["reference"] and row["ratio"] for row in rows), name
     assert report["sections"]["notebooks"]["rows"], "one row per chapter, even when nothing was executed"

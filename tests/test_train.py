@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmcourse.train import History, TrainConfig, adamw, lr_multiplier, train
+from mmcourse.train import History, TrainConfig, adamw, lr_multiplier, train, uses_bf16
 
 
 def classification_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +90,8 @@ def test_weight_decay_only_on_matrices() -> None:
         ("warmup_steps", 500),
         ("min_lr_ratio", 2.0),
         ("eval_every", -1),
+        ("compile", "yes"),
+        ("autocast_bf16", 1),
     ],
 )
 def test_config_rejects_bad_values(field: str, value: object) -> None:
@@ -126,3 +128,38 @@ def test_lr_lambda_replaces_the_schedule() -> None:
     config = TrainConfig(steps=4, learning_rate=0.5, schedule="cosine", progress=False)
     history = train(model, cross_entropy, [classification_batch()], config, lr_lambda=lambda step: 1 / (step + 1))
     assert history.learning_rates == pytest.approx([0.5, 0.25, 0.5 / 3, 0.125])
+
+
+def test_compiled_training_matches_eager_and_updates_the_model() -> None:
+    """config.compile runs the forward through torch.compile: the same losses as eager training (up to float
+    rounding), the original module's weights are the ones trained, and evaluate gets the original module."""
+    batch = classification_batch()
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+        before = model[0].weight.detach().clone()
+        seen: list[nn.Module] = []
+
+        def evaluate(module: nn.Module, seen: list[nn.Module] = seen) -> dict[str, float]:
+            seen.append(module)
+            return {"loss": 0.0}
+
+        config = TrainConfig(steps=5, learning_rate=1e-2, compile=compiled, progress=False)
+        history = train(model, cross_entropy, [batch], config, evaluate=evaluate)
+        assert seen == [model], "evaluate receives the module itself, not the compiled wrapper"
+        assert not torch.equal(model[0].weight, before), "the original module's weights are trained"
+        runs[compiled] = history.losses
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+    assert runs[True][-1] < runs[True][0]
+
+
+def test_bf16_autocast_only_on_gpus_that_compute_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TrainConfig(autocast_bf16=True)
+    hardware = {"bf16": True}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: hardware["bf16"])
+    assert uses_bf16(config, torch.device("cuda"))  # an A100 / H100
+    assert not uses_bf16(TrainConfig(autocast_bf16=False), torch.device("cuda"))
+    assert not uses_bf16(config, torch.device("cpu"))
+    hardware["bf16"] = False  # a T4: bf16 only emulated
+    assert not uses_bf16(config, torch.device("cuda:0"))

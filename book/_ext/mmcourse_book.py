@@ -1,4 +1,5 @@
-"""Sphinx extension for the mmcourse book: tables of the recorded results, and of each chapter's exercises.
+"""Sphinx extension for the mmcourse book: tables of the recorded results, of each chapter's exercises, and of
+each chapter's time and memory per machine (the runbook).
 
 The pages with a results table (Results, and the instructor guide) are read after every other page, so they show
 what this very build's notebooks recorded.
@@ -21,6 +22,7 @@ from sphinx.util.docutils import SphinxDirective
 
 if TYPE_CHECKING:
     from mmcourse.results import Result
+    from mmcourse.runbook import Runbook
 
 RESULTS_DOCNAMES = ("book/instructor", "book/results")  # the pages that use {results-table}
 MEASUREMENTS = Path(__file__).resolve().parents[1] / "measurements"  # book/measurements/<profile>/<chapter>.json
@@ -154,6 +156,86 @@ class ExerciseTable(SphinxDirective):
         return [table]
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The runbook: each chapter's time and peak memory per machine, from the committed files of `make runbook`
+
+RUNBOOK = Path(__file__).resolve().parents[1] / "runbook"  # book/runbook/<machine>--<profile>.json
+
+
+class RunbookTable(SphinxDirective):
+    """``{runbook-table}``: one row per chapter notebook, and for each machine and profile measured with
+    ``python -m mmcourse.runbook`` its minutes and peak memory, read from the files in book/runbook."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        from mmcourse.runbook import runbook_notebooks
+
+        for path in sorted(RUNBOOK.glob("*.json")):
+            self.env.note_dependency(str(path))
+        # Not a file, so Sphinx counts it as changed: the page is read again each build and a new file shows up.
+        self.env.note_dependency(str(RUNBOOK))
+        return runbook_nodes(RUNBOOK, [path.stem for path in runbook_notebooks(NOTEBOOKS.parent)])
+
+
+def runbook_table(chapters: list[str], runbooks: list[Runbook]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the runbook table: a row per chapter, two columns (minutes, peak memory in GiB) per
+    runbook. Memory is the GPU peak when measured on a GPU, else the peak resident memory; "—": not measured."""
+    from mmcourse.runbook import format_gib, format_minutes
+
+    headers = ["chapter"]
+    for runbook in runbooks:
+        measured = f"{runbook.machine}, {runbook.profile}"
+        memory = "peak GPU memory (GiB)" if runbook.on_gpu else "peak RSS (GiB)"
+        headers += [f"{measured}: minutes", f"{measured}: {memory}"]
+    rows = []
+    for chapter in chapters:
+        row = [chapter]
+        for runbook in runbooks:
+            run = runbook.chapter(chapter)
+            if run is None:
+                row += ["—", "—"]
+                continue
+            minutes = format_minutes(run.seconds) if run.ok else f"failed ({run.status.split(':')[1].strip()})"
+            memory = format_gib(run.peak_gpu_bytes if runbook.on_gpu else run.peak_rss_bytes)
+            row += [minutes, f"{memory} (over the T4's budget)" if run.over_t4 else memory]
+        rows.append(row)
+    return headers, rows
+
+
+def runbook_caption(runbook: Runbook) -> str:
+    """One line saying where and with what a runbook was measured."""
+    dates = sorted({run.date for run in runbook.chapters}) or [runbook.date]
+    torch_versions = sorted({run.torch for run in runbook.chapters}) or [runbook.torch]
+    threads = sorted({run.torch_threads for run in runbook.chapters if run.torch_threads is not None})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    caption = f"{runbook.machine}, {runbook.profile} profile: measured {when}, torch {', '.join(torch_versions)}"
+    caption += f", Python {runbook.python}"
+    if threads:
+        caption += f", {'/'.join(map(str, threads))} torch thread{'s' if threads != [1] else ''}"
+    return caption + "."
+
+
+def runbook_nodes(folder: Path, chapters: list[str]) -> list[nodes.Node]:
+    """The runbook table and a caption line per file of ``folder``; a paragraph saying how to fill it when there
+    is no file."""
+    from mmcourse.runbook import load_runbooks
+
+    runbooks = load_runbooks(folder)
+    if not runbooks:
+        paragraph = nodes.paragraph(text="No machine has been measured yet: book/runbook/ holds no file. ")
+        paragraph += nodes.Text("Run ")
+        paragraph += nodes.literal(text="make runbook")
+        paragraph += nodes.Text(" (or ")
+        paragraph += nodes.literal(text="python -m mmcourse.runbook --profile gpu")
+        paragraph += nodes.Text(") on a machine and commit the file it writes: the table then shows that machine.")
+        return [paragraph]
+    headers, rows = runbook_table(chapters, runbooks)
+    table = _table(headers, rows)
+    table["classes"].append("runbook-table")
+    return [table, *(nodes.paragraph(text=runbook_caption(runbook)) for runbook in runbooks)]
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> nodes.table:
     table = nodes.table(classes=["results-table"])
     group = nodes.tgroup(cols=len(headers))
@@ -214,6 +296,7 @@ WIDGETS_REQUIRE_CONFIG = (
 def setup(app: Sphinx) -> dict:
     app.add_directive("results-table", ResultsTable)
     app.add_directive("exercise-table", ExerciseTable)
+    app.add_directive("runbook-table", RunbookTable)
     app.add_js_file(None, body=WIDGETS_REQUIRE_CONFIG, priority=100)
     app.connect("env-get-outdated", results_always_outdated)
     app.connect("env-before-read-docs", read_results_last)

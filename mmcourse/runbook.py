@@ -1,0 +1,392 @@
+"""The runbook: how long each chapter takes and how much memory it needs, measured per machine and profile.
+
+``python -m mmcourse.runbook [--profile fast|cpu|gpu] [--chapters 01 A1 ...] [--output DIR] [--timeout S]``
+(``make runbook``) executes the chapter notebooks one at a time, top to bottom, with nbclient, and measures each:
+
+- wall-clock seconds, kernel start included;
+- peak memory, read by one extra cell appended to the notebook (in memory only): the CUDA allocator's
+  ``torch.cuda.max_memory_allocated()`` since the kernel started, i.e. the chapter's peak on the GPU, and the
+  kernel's peak resident memory (``ru_maxrss``). Both count the kernel process only: worker processes that a
+  chapter launches (the appendix's ``torchrun``) are not in them.
+
+It writes ``book/runbook/<machine>--<profile>.json``, which the book's Runbook page shows (``{runbook-table}``).
+Running some chapters again updates their entries and keeps the others. On CUDA, a chapter whose peak exceeds
+what a Colab T4 offers is flagged, and the exit code is 1, as it is when a chapter fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mmcourse.checks import positive_int_argument
+from mmcourse.profiles import PROFILES, current_profile
+from mmcourse.results import repository_root
+
+MARKER = "MMCOURSE_RUNBOOK "  # the line the appended cell prints, followed by JSON
+# A Colab T4 (a 16 GB card): Colab shows 15.0 GB of GPU RAM, torch's out-of-memory messages there say 14.75 GiB
+# total capacity (15.8e9 bytes). The budget is 15e9 bytes of the allocator's peak: the rest is left to the CUDA
+# context and the allocator's cache, which come on top of it.
+T4_MEMORY_BYTES = 15 * 10**9
+GIB = 2**30
+DEFAULT_TIMEOUT = 1800  # seconds per cell, as the book's build allows (_config.yml: execute.timeout)
+
+PEAKS_CELL = f"""\
+def _mmcourse_runbook_peaks() -> str:
+    import json
+    import resource
+    import sys
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peaks = {{
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,  # since the kernel started
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }}
+    return {MARKER!r} + json.dumps(peaks)
+
+
+print(_mmcourse_runbook_peaks())"""
+
+
+@dataclass(frozen=True)
+class ChapterRun:
+    """One chapter notebook executed once: how long it took, its peak memory, and whether it ran to the end."""
+
+    chapter: str  # the notebook's file stem, e.g. 01_attention
+    seconds: float  # wall clock, kernel start included
+    peak_gpu_bytes: int | None  # torch.cuda.max_memory_allocated(); None without CUDA or when not read
+    peak_rss_bytes: int | None  # the kernel's peak resident memory; None when not read
+    status: str  # "ok" or "failed: <ExceptionName>: <last line>"
+    date: str
+    torch: str
+    torch_threads: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The notebook ran to its end."""
+        return self.status == "ok"
+
+    @property
+    def over_t4(self) -> bool:
+        """The chapter's GPU peak exceeds what a Colab T4 offers."""
+        return self.peak_gpu_bytes is not None and self.peak_gpu_bytes > T4_MEMORY_BYTES
+
+
+@dataclass(frozen=True)
+class Runbook:
+    """What one machine measured in one profile: a ``book/runbook/<slug>--<profile>.json`` file."""
+
+    machine: str
+    profile: str
+    date: str  # of the latest run written into it
+    torch: str
+    python: str
+    chapters: tuple[ChapterRun, ...]
+
+    @property
+    def on_gpu(self) -> bool:
+        """Measured on CUDA: the memory to show is the GPU peak, not the resident memory."""
+        return any(run.peak_gpu_bytes is not None for run in self.chapters)
+
+    def chapter(self, name: str) -> ChapterRun | None:
+        """The run of the chapter with file stem ``name``; None when it was not measured."""
+        return next((run for run in self.chapters if run.chapter == name), None)
+
+
+def machine_slug(name: str) -> str:
+    """A file-name slug of a machine's name: "NVIDIA H100 80GB HBM3" → "nvidia-h100-80gb-hbm3"."""
+    slug = re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-")
+    if not slug:
+        raise ValueError(f"name must contain a letter or digit to make a file name from, got {name!r}")
+    return slug
+
+
+def runbook_path(folder: Path, machine: str, profile: str) -> Path:
+    """``<folder>/<machine slug>--<profile>.json``."""
+    check_profile(profile)
+    return Path(folder) / f"{machine_slug(machine)}--{profile}.json"
+
+
+def check_profile(profile: str) -> None:
+    """Raise ValueError naming ``profile`` unless it is one of ``PROFILES``."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r} is not a profile; valid profiles are: {', '.join(PROFILES)}")
+
+
+def _chapter_order(stem: str) -> tuple[bool, str]:
+    return (stem[:1].isalpha(), stem)  # the chapters 01…08, then the appendices A1…
+
+
+def runbook_notebooks(root: Path, chapters: Sequence[str] | None = None) -> list[Path]:
+    """The chapter notebooks ``notebooks/NN_*.ipynb``, then the appendices ``notebooks/A<N>_*.ipynb``, of the
+    repository at ``root``; with ``chapters``, only those whose prefix ("01", "A1") or stem is listed."""
+    from mmcourse.bench import chapter_notebooks
+
+    folder = Path(root) / "notebooks"
+    found = chapter_notebooks(root) + sorted(folder.glob("A[0-9]_*.ipynb"))
+    if not found:
+        raise ValueError(f"root={str(root)!r} has no chapter notebooks in notebooks/")
+    if chapters is None:
+        return found
+    known = {path.stem.split("_")[0].lower(): path for path in found} | {path.stem.lower(): path for path in found}
+    unknown = [chapter for chapter in chapters if chapter.lower() not in known]
+    if unknown:
+        prefixes = ", ".join(path.stem.split("_")[0] for path in found)
+        raise ValueError(f"chapters: no chapter notebook {', '.join(map(repr, unknown))}; known: {prefixes}")
+    return sorted({known[chapter.lower()] for chapter in chapters}, key=lambda path: _chapter_order(path.stem))
+
+
+def parse_peaks(outputs: Sequence[dict]) -> dict:
+    """The JSON that the appended cell printed after ``MARKER``, from that cell's outputs ({} if absent)."""
+    for output in outputs:
+        if output.get("output_type") != "stream":
+            continue
+        text = output.get("text", "")
+        for line in ("".join(text) if isinstance(text, list) else text).splitlines():
+            if line.startswith(MARKER):
+                return json.loads(line[len(MARKER) :])
+    return {}
+
+
+def failure_status(error: BaseException) -> str:
+    """``failed: <ExceptionName>: <last line>``: the kernel's exception when a cell raised, else the runner's."""
+    from mmcourse.bench import ANSI_COLOUR
+
+    name, message = getattr(error, "ename", None), getattr(error, "evalue", None)
+    if name is None:
+        name, message = type(error).__name__, str(error)
+    lines = [line.strip() for line in ANSI_COLOUR.sub("", str(message)).splitlines() if line.strip()]
+    return f"failed: {name}: {lines[-1][:300] if lines else ''}".rstrip(": ")
+
+
+def measure_notebook(path: Path, profile: str, timeout: int = DEFAULT_TIMEOUT) -> ChapterRun:
+    """Execute one notebook top to bottom in ``profile`` and measure its time and peak memory.
+
+    ``timeout``: seconds per cell. What the notebook records goes to a temporary folder (the book's results stay
+    untouched); the Hugging Face libraries are offline. When a cell fails, the peaks are still read (the
+    appended cell runs in the same kernel), so a chapter that runs out of memory shows how far it got.
+    """
+    import nbformat
+    import torch
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    from mmcourse.bench import _environment
+    from mmcourse.checks import check_positive_int
+
+    check_profile(profile)
+    check_positive_int("timeout", timeout)
+    path = Path(path)
+    notebook = nbformat.read(str(path), as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(PEAKS_CELL))
+    client = NotebookClient(notebook, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    failure: BaseException | None = None
+    peaks: dict = {}
+    with (
+        tempfile.TemporaryDirectory() as results,
+        _environment(MMCOURSE_PROFILE=profile, MMCOURSE_RESULTS=results, **offline),
+    ):
+        client.reset_execution_trackers()
+        start, seconds = time.perf_counter(), None
+        try:
+            with client.setup_kernel():
+                try:
+                    for index, cell in enumerate(notebook.cells[:-1]):
+                        client.execute_cell(cell, index)
+                except CellExecutionError as error:  # the kernel is idle again: it can still report its peaks
+                    failure = error
+                seconds = time.perf_counter() - start
+                marker_index = len(notebook.cells) - 1
+                client.execute_cell(notebook.cells[marker_index], marker_index)
+                peaks = parse_peaks(notebook.cells[marker_index].outputs)
+        except Exception as error:  # a timeout, a dead kernel, a kernel that did not start
+            failure = failure or error
+    seconds = time.perf_counter() - start if seconds is None else seconds
+    return ChapterRun(
+        chapter=path.stem,
+        seconds=round(seconds, 1),
+        peak_gpu_bytes=peaks.get("peak_gpu_bytes"),
+        peak_rss_bytes=peaks.get("peak_rss_bytes"),
+        status="ok" if failure is None else failure_status(failure),
+        date=_dt.date.today().isoformat(),
+        torch=peaks.get("torch", torch.__version__),
+        torch_threads=peaks.get("torch_threads"),
+    )
+
+
+def _as_json(runbook: Runbook) -> dict:
+    fields = asdict(runbook)
+    fields["chapters"] = {run.pop("chapter"): run for run in fields["chapters"]}
+    return fields
+
+
+def read_runbook(path: Path) -> Runbook:
+    """One runbook file; ValueError naming the file when it is not one."""
+    try:
+        fields = json.loads(Path(path).read_text(encoding="utf-8"))
+        chapters = tuple(ChapterRun(chapter=name, **run) for name, run in fields.pop("chapters").items())
+        runbook = Runbook(chapters=chapters, **fields)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path} is not a runbook file: {type(error).__name__}: {error}") from None
+    check_profile(runbook.profile)
+    return runbook
+
+
+def write_runbook(runs: Sequence[ChapterRun], path: Path, machine: str, profile: str) -> Runbook:
+    """Write ``runs`` into the runbook file at ``path``: the chapters run now replace their earlier entries, the
+    others are kept. The file must be of the same machine and profile. Returns what was written."""
+    import torch
+
+    check_profile(profile)
+    path = Path(path)
+    kept: dict[str, ChapterRun] = {}
+    if path.is_file():
+        earlier = read_runbook(path)
+        if (earlier.machine, earlier.profile) != (machine, profile):
+            raise ValueError(
+                f"path={str(path)!r} holds machine={earlier.machine!r}, profile={earlier.profile!r}, "
+                f"not machine={machine!r}, profile={profile!r}"
+            )
+        kept = {run.chapter: run for run in earlier.chapters}
+    kept |= {run.chapter: run for run in runs}
+    chapters = tuple(sorted(kept.values(), key=lambda run: _chapter_order(run.chapter)))
+    latest = max(chapters, key=lambda run: run.date, default=None)
+    runbook = Runbook(
+        machine=machine,
+        profile=profile,
+        date=latest.date if latest else _dt.date.today().isoformat(),
+        torch=latest.torch if latest else torch.__version__,
+        python=platform.python_version(),
+        chapters=chapters,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(_as_json(runbook), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    return runbook
+
+
+def load_runbooks(folder: Path) -> list[Runbook]:
+    """Every runbook file ``<folder>/*.json``, by profile (fast, cpu, gpu) then machine; [] when there is none
+    (a missing folder included)."""
+    folder = Path(folder)
+    runbooks = [read_runbook(path) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return sorted(runbooks, key=lambda runbook: (PROFILES.index(runbook.profile), runbook.machine))
+
+
+def format_minutes(seconds: float) -> str:
+    """Minutes with one decimal ("<0.1" below six seconds)."""
+    minutes = seconds / 60
+    return "<0.1" if minutes < 0.05 else f"{minutes:.1f}"
+
+
+def format_gib(size: int | None) -> str:
+    """Bytes in GiB with two decimals; "—" when not measured."""
+    return "—" if size is None else f"{size / GIB:.2f}"
+
+
+def default_output() -> Path:
+    """``book/runbook`` in the checkout (or ``runbook`` under the working directory when not run from one)."""
+    root = repository_root()
+    return root / "book" / "runbook" if root is not None else Path.cwd() / "runbook"
+
+
+def _table_line(values: Sequence[str]) -> str:
+    chapter, *numbers = values
+    return "  ".join([chapter.ljust(24), *(number.rjust(12) for number in numbers)])
+
+
+def format_run(run: ChapterRun) -> str:
+    """One line of the table printed while the runbook runs."""
+    notes = [] if run.ok else [run.status]
+    if run.over_t4:
+        notes.append(f"over the T4 budget ({T4_MEMORY_BYTES / 10**9:.0f} GB)")
+    numbers = [format_minutes(run.seconds), format_gib(run.peak_gpu_bytes), format_gib(run.peak_rss_bytes)]
+    return "  ".join([_table_line([run.chapter, *numbers]), *notes])
+
+
+TABLE_HEADER = _table_line(["chapter", "minutes", "peak GPU GiB", "peak RSS GiB"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the runbook; 1 when a chapter failed or exceeded the T4's memory, else 0."""
+    from tqdm.auto import tqdm
+
+    from mmcourse.device import machine_name
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mmcourse.runbook",
+        description="Each chapter notebook executed on this machine: its time and peak memory, for the book's "
+        "Runbook page.",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=None,
+        help="default: MMCOURSE_PROFILE, else the machine's default (gpu with CUDA, else cpu)",
+    )
+    parser.add_argument(
+        "--chapters",
+        nargs="+",
+        default=None,
+        metavar="CHAPTER",
+        help="only these chapters, by prefix (01, A1) or file stem (default: all)",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="the folder of runbook files (default: book/runbook)")
+    parser.add_argument(
+        "--timeout",
+        type=positive_int_argument,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds a cell may run (default: {DEFAULT_TIMEOUT})",
+    )
+    args = parser.parse_args(argv)
+    root = repository_root()
+    if root is None:
+        parser.error("mmcourse is not installed from a checkout of the book: there are no notebooks to run")
+    try:
+        notebooks = runbook_notebooks(root, args.chapters)
+        profile = args.profile if args.profile is not None else current_profile()
+    except ValueError as error:
+        parser.error(str(error))
+    output = args.output if args.output is not None else default_output()
+    if output.exists() and not output.is_dir():
+        parser.error(f"--output {output} is a file: give the folder of the runbook files")
+    machine = machine_name()
+    path = runbook_path(output, machine, profile)
+    print(f"mmcourse runbook | {machine} | profile {profile} | {len(notebooks)} notebook(s) | {path}")
+    print(TABLE_HEADER)
+    runs = []
+    for notebook in tqdm(notebooks, desc="chapters", unit="notebook"):
+        run = measure_notebook(notebook, profile, args.timeout)
+        runs.append(run)
+        write_runbook([run], path, machine, profile)  # after each chapter: an interrupted run keeps what it did
+        tqdm.write(format_run(run))
+        sys.stdout.flush()  # the line shows at once when the output goes to a file
+    failed = [run.chapter for run in runs if not run.ok]
+    over = [run.chapter for run in runs if run.over_t4]
+    print(f"\nJSON: {path}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    if over:
+        print(f"over a Colab T4's {T4_MEMORY_BYTES / 10**9:.0f} GB of GPU memory: {', '.join(over)}", file=sys.stderr)
+    return 1 if failed or over else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
