@@ -46,6 +46,7 @@ from mmcourse.device import describe, machine_name
 from mmcourse.generation import generate
 from mmcourse.gpt import GPT, GPTConfig, next_token_loss, to_hf_gpt2
 from mmcourse.results import repository_root
+from mmcourse.train import TrainConfig, uses_bf16
 from mmcourse.vision import VisionTransformer, ViTConfig
 
 if TYPE_CHECKING:
@@ -465,8 +466,9 @@ def training_section(config: GPTConfig, batch: int, steps: int, repeats: int, de
 
 def compile_section(config: GPTConfig, batch: int, steps: int, repeats: int, device: str = "cpu") -> Section:
     """Does ``torch.compile`` pay off here? GPT training throughput with the forward compiled vs eager: two copies
-    of one model with the same weights, each with its own AdamW; on CUDA both under bf16 autocast, as the gpu
-    profile trains. The time to compile (the first step) is reported apart from the throughput."""
+    of one model with the same weights, each with its own AdamW; both under bf16 autocast where ``train`` would use
+    it (``uses_bf16``: a GPU that computes in bf16), as the gpu profile trains. The time to compile (the first
+    step) is reported apart from the throughput."""
     check_positive_int("batch", batch)
     check_positive_int("steps", steps)
     check_positive_int("repeats", repeats)
@@ -480,13 +482,12 @@ def compile_section(config: GPTConfig, batch: int, steps: int, repeats: int, dev
     inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (batch, T) each
     optimizers = {id(eager): torch.optim.AdamW(eager.parameters(), lr=3e-4)}
     optimizers[id(compiled)] = torch.optim.AdamW(twin.parameters(), lr=3e-4)
-    cuda = device.startswith("cuda")
+    bf16 = uses_bf16(TrainConfig(autocast_bf16=True), torch.device(device))  # as the gpu profile's training
 
     def train(model: nn.Module, count: int = steps) -> None:
         optimizer = optimizers[id(model)]
         for _ in range(count):
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-            with autocast:
+            with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                 loss = next_token_loss(model(inputs), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -502,7 +503,7 @@ def compile_section(config: GPTConfig, batch: int, steps: int, repeats: int, dev
     seconds = time_pair(lambda: train(compiled), lambda: train(eager), repeats, device=device)
     rates = [_per_second(steps * batch * length, side) for side in seconds]
     row = compare(f"batch {batch} × {length} tokens, {steps} steps", "tokens/s", *rates, _measured(repeats))
-    precision = "bf16 autocast" if cuda else "float32"
+    precision = "bf16 autocast" if bf16 else "float32"
     return Section(
         "compile",
         "torch.compile: GPT training throughput",
@@ -697,6 +698,18 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def notebook_environment(profile: str, **extra: str) -> Iterator[None]:
+    """What a kernel started inside the block runs with: ``profile``, the Hugging Face libraries offline, and its
+    recorded results in a temporary folder, so the book's results stay untouched; ``extra``: more variables."""
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with (
+        tempfile.TemporaryDirectory() as results,
+        _environment(MMCOURSE_PROFILE=profile, MMCOURSE_RESULTS=results, **offline, **extra),
+    ):
+        yield
+
+
 NOTEBOOK_WORKERS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 
@@ -733,11 +746,7 @@ def execute_notebooks(
     async def execute_all() -> list[float | BaseException]:
         return await asyncio.gather(*(execute(Path(path)) for path in paths), return_exceptions=True)
 
-    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with (
-        tempfile.TemporaryDirectory() as results,
-        _environment(MMCOURSE_PROFILE=profile, MMCOURSE_RESULTS=results, OMP_NUM_THREADS=str(threads), **offline),
-    ):
+    with notebook_environment(profile, OMP_NUM_THREADS=str(threads)):
         return asyncio.run(execute_all())
 
 

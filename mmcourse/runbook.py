@@ -22,7 +22,6 @@ import json
 import platform
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -186,7 +185,7 @@ def measure_notebook(path: Path, profile: str, timeout: int = DEFAULT_TIMEOUT) -
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    from mmcourse.bench import _environment
+    from mmcourse.bench import notebook_environment
     from mmcourse.checks import check_positive_int
 
     check_profile(profile)
@@ -195,13 +194,9 @@ def measure_notebook(path: Path, profile: str, timeout: int = DEFAULT_TIMEOUT) -
     notebook = nbformat.read(str(path), as_version=4)
     notebook.cells.append(nbformat.v4.new_code_cell(PEAKS_CELL))
     client = NotebookClient(notebook, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
-    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     failure: BaseException | None = None
     peaks: dict = {}
-    with (
-        tempfile.TemporaryDirectory() as results,
-        _environment(MMCOURSE_PROFILE=profile, MMCOURSE_RESULTS=results, **offline),
-    ):
+    with notebook_environment(profile):
         client.reset_execution_trackers()
         start, seconds = time.perf_counter(), None
         try:
