@@ -14,7 +14,8 @@ from pathlib import Path
 
 MARKER = "# mmcourse set-up cell"
 
-_TEMPLATE = """{marker}: on Colab it installs mmcourse and its offline data; elsewhere it does nothing.
+_TEMPLATE = """{marker}: on Colab it installs mmcourse and its offline data;
+# elsewhere it does nothing.
 import subprocess
 import sys
 

@@ -22,6 +22,7 @@ def test_every_notebook_starts_with_the_shared_setup_cell(path: Path) -> None:
 def test_setup_cell_installs_only_on_colab() -> None:
     source = setup_cell_source("https://github.com/owner/book")
     assert source.startswith(MARKER)
+    assert max(len(line) for line in source.splitlines()) <= 88  # notebooks/ruff.toml
     assert 'if "google.colab" in sys.modules:' in source
     assert "git+https://github.com/owner/book" in source and "mmcourse.data" in source
     namespace: dict = {}
