@@ -15,17 +15,21 @@ export TRANSFORMERS_OFFLINE := 1
 .PHONY: test book site-test student bench runbook lint setup vendor clean
 CHROMIUM := $(shell command -v chromium 2>/dev/null)
 
-## make test: unit tests (no network), then every notebook executed in the fast profile, book built unexecuted
+## make test: lint, unit tests (no network), the book built in the fast profile executing every notebook once (each
+## cell's outcome, each exercise's student version and each glue key checked from that one run), then the tests of
+## the built book and its pages in a browser
 test: setup vendor
 	$(BIN)/ruff check mmcourse tests book notebooks
-	MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --no-execute
-	$(call pytest,tests,-n $(PYTEST_WORKERS) -p no:cacheprovider --disable-socket --allow-unix-socket --ignore=tests/browser tests,MMCOURSE_REQUIRE_BOOK=1 )
+	$(BIN)/ruff format --check notebooks
+	$(call pytest,tests,-n $(PYTEST_WORKERS) -p no:cacheprovider --disable-socket --allow-unix-socket --ignore=tests/browser -m "not book" tests,)
+	MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --workers $(PYTEST_WORKERS) --threads 1
+	$(call pytest,the built book,-p no:cacheprovider --disable-socket --allow-unix-socket -m book tests --ignore=tests/browser,MMCOURSE_REQUIRE_BOOK=1 MMCOURSE_PROFILE=fast )
 	$(if $(CHROMIUM),$(MAKE) --no-print-directory site-test,@echo "Chromium is not installed: skipping the browser tests (make site-test)")
-	cd notebooks && $(call pytest,notebooks,-n $(PYTEST_WORKERS) --dist loadfile -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=600 .,MMCOURSE_PROFILE=fast OMP_NUM_THREADS=1 ../)
 
-## make book: the book in _build/html, every notebook executed in this machine's profile (MMCOURSE_PROFILE)
+## make book: the book in _build/html, every notebook executed once in this machine's profile (MMCOURSE_PROFILE),
+## several at a time where there are cores for it (BOOK_ARGS="--workers N --threads N" to choose)
 book: setup vendor
-	$(BIN)/python book/build.py
+	$(BIN)/python book/build.py $(BOOK_ARGS)
 
 ## make site-test: every page of _build/html in headless Chromium: loads offline, no console error, math typeset,
 ## images load, search works; screenshots in _build/screenshots/. Needs Debian's chromium.
@@ -52,10 +56,10 @@ runbook: setup
 
 lint: setup
 	$(BIN)/ruff check mmcourse tests notebooks book
-	$(BIN)/ruff format --check mmcourse tests book
+	$(BIN)/ruff format --check mmcourse tests book notebooks
 
-# Notebooks run with --dist loadfile: all cells of one notebook share one worker and one kernel. One torch thread
-# per kernel: two kernels of two threads each on two cores ran the fast profile 5× slower (307 s vs 63 s).
+# make test executes two notebooks at a time with one torch thread each: two kernels of two threads each on two
+# cores ran the fast profile 5× slower (307 s vs 63 s).
 # pytest exits 5 when it collected nothing: that must fail loudly, never pass as green.
 # $(1): what is tested, $(2): pytest arguments, $(3): prefix (environment, path to .venv).
 define pytest

@@ -1,9 +1,18 @@
-"""Build the book into _build/html: ``python book/build.py [--no-execute]`` (``make book`` / ``make test``).
+"""Build the book into _build/html: ``python book/build.py [--no-execute] [--workers N] [--threads N]`` (``make
+book`` / ``make test``).
 
-Jupyter Book's execution cache keys on notebook content only, not on ``MMCOURSE_PROFILE``, so each profile gets
-its own cache: this script writes ``_build/config/<profile>.yml`` from ``_config.yml`` with the execution mode
-and cache path filled in, builds with ``-W -n --keep-going`` (every warning fails the build), and says where to
-open the result.
+Executed builds run in three steps:
+
+1. every chapter notebook is checked without running it (``mmcourse.notebooks.glue_problems``: each glue key the
+   prose uses is recorded, once, on every path; no later cell needs an exercise's solution);
+2. every notebook is executed once by the book's executor (``mmcourse.notebooks.execute``: ``--workers`` at a
+   time, ``--threads`` torch threads each), which also checks each exercise's student version and the glue keys
+   this run recorded, writes a report per notebook to ``_build/execution/<profile>/``, and stores the executed
+   notebooks in MyST-NB's execution cache (``_build/.jupyter_cache/<profile>``: the cache keys on the notebook's
+   code only, not on ``MMCOURSE_PROFILE``, so each profile has its own);
+3. Jupyter Book renders them from that cache with ``-W -n --keep-going`` (every warning fails the build).
+
+A failure in step 1 or 2 stops the build before Sphinx starts and names the notebook, the cell and the error.
 """
 
 from __future__ import annotations
@@ -12,11 +21,15 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
+from mmcourse import notebooks
+from mmcourse.checks import positive_int_argument
 from mmcourse.profiles import current_profile
+from mmcourse.results import results_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +38,7 @@ def write_config(profile: str, execute: bool) -> Path:
     """The book's config for this build: execute with a per-profile cache, or not at all."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config["execute"]["execute_notebooks"] = "cache" if execute else "off"
-    config["execute"]["cache"] = str(ROOT / "_build" / ".jupyter_cache" / profile)
+    config["execute"]["cache"] = str(cache_dir(profile))
     # The derived config lives in _build/config: make the paths in it absolute, as they were meant from the root.
     sphinx = config["sphinx"]
     sphinx["local_extensions"] = {name: str(ROOT / path) for name, path in sphinx["local_extensions"].items()}
@@ -40,17 +53,72 @@ def write_config(profile: str, execute: bool) -> Path:
     return path
 
 
+def cache_dir(profile: str) -> Path:
+    return ROOT / "_build" / ".jupyter_cache" / profile
+
+
+def reports_dir(profile: str) -> Path:
+    return ROOT / "_build" / "execution" / profile
+
+
+def expected_seconds(profile: str) -> dict[str, float]:
+    """How long each chapter took on this machine in this profile, from its committed runbook file ({} if none)."""
+    from mmcourse.device import machine_name
+    from mmcourse.runbook import read_runbook, runbook_path
+
+    path = runbook_path(ROOT / "book" / "runbook", machine_name(), profile)
+    return {run.chapter: run.seconds for run in read_runbook(path).chapters} if path.is_file() else {}
+
+
+def execute(profile: str, workers: int | None, threads: int | None) -> bool:
+    """Steps 1 and 2: check, execute, report and cache every chapter notebook. True when all is well."""
+    paths = notebooks.chapter_notebooks(ROOT)
+    problems = notebooks.static_problems(paths)
+    if problems:
+        print("The notebooks would fail the book build:", *problems, sep="\n  ", file=sys.stderr)
+        return False
+    default_workers, default_threads = notebooks.default_workers(len(paths))
+    workers, threads = workers or default_workers, threads or default_threads
+    timeout = yaml.safe_load((ROOT / "_config.yml").read_text())["execute"]["timeout"]
+    print(f"Executing {len(paths)} notebooks ({profile} profile, {workers} at a time, {threads} torch thread(s) each)")
+    start = time.perf_counter()
+    executions = notebooks.execute(
+        paths,
+        profile,
+        workers=workers,
+        threads=threads,
+        timeout=timeout,
+        results=results_dir(),
+        expected_seconds=expected_seconds(profile),
+    )
+    problems = []
+    for execution in executions:
+        report = notebooks.write_report(execution, reports_dir(profile))
+        if execution.ok:
+            notebooks.cache(execution, cache_dir(profile))
+        problems += [f"{problem} (report: {report.relative_to(ROOT)})" for problem in execution.problems()]
+    print(f"Executed in {time.perf_counter() - start:.0f} s; reports in {reports_dir(profile).relative_to(ROOT)}")
+    if problems:
+        print("The notebooks failed:", *problems, sep="\n  ", file=sys.stderr)
+    return not problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-execute", action="store_true", help="build without executing notebooks")
+    parser.add_argument("--workers", type=positive_int_argument, default=None, help="notebooks executed at a time")
+    parser.add_argument("--threads", type=positive_int_argument, default=None, help="torch threads per notebook")
     args = parser.parse_args()
     profile = current_profile()
+    if not args.no_execute and not execute(profile, args.workers, args.threads):
+        print("The book build failed: a notebook failed (above); nothing was rendered.", file=sys.stderr)
+        return 1
     config = write_config(profile, execute=not args.no_execute)
     environment = dict(os.environ, MMCOURSE_PROFILE=profile, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     command = [str(jupyter_book), "build", str(ROOT), "--config", str(config), "-W", "-n", "--keep-going"]
-    mode = "without executing notebooks" if args.no_execute else "executing notebooks"
-    print(f"Building the book ({mode}, profile {profile})")
+    mode = "unexecuted notebooks" if args.no_execute else "the executed notebooks"
+    print(f"Rendering the book from {mode} (profile {profile})", flush=True)
     completed = subprocess.run(command, env=environment, cwd=ROOT)
     if completed.returncode != 0:
         print("The book build failed: see the warnings above (every warning is an error).", file=sys.stderr)

@@ -23,13 +23,12 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +44,8 @@ from mmcourse.clip import CLIP, CLIPConfig, TextEncoder, TextEncoderConfig
 from mmcourse.device import describe, machine_name
 from mmcourse.generation import generate
 from mmcourse.gpt import GPT, GPTConfig, next_token_loss, to_hf_gpt2
+from mmcourse.notebooks import chapter_notebooks, cores, environment
+from mmcourse.notebooks import execute as execute_notebooks
 from mmcourse.results import repository_root
 from mmcourse.train import TrainConfig, uses_bf16
 from mmcourse.vision import VisionTransformer, ViTConfig
@@ -202,7 +203,6 @@ def as_records(costs: list[AttentionCost]) -> list[dict]:
 SECTIONS = ("attention", "generation", "training", "compile", "bert", "clip", "notebooks")
 PROFILE_CACHE = "cpu"  # the profile whose notebook times come from `make book`'s execution cache
 MIB = 2**20
-ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours in a kernel's traceback
 
 
 @dataclass(frozen=True)
@@ -494,7 +494,7 @@ def compile_section(config: GPTConfig, batch: int, steps: int, repeats: int, dev
             optimizer.step()
 
     torch._dynamo.reset()  # forget what this process compiled before ...
-    with tempfile.TemporaryDirectory() as cache, _environment(TORCHINDUCTOR_CACHE_DIR=cache):  # ... and the disk cache
+    with tempfile.TemporaryDirectory() as cache, environment(TORCHINDUCTOR_CACHE_DIR=cache):  # ... and the disk cache
         _synchronize(device)
         start = time.perf_counter()
         train(compiled, 1)  # the first call compiles the forward and the backward
@@ -640,11 +640,6 @@ def clip_section(
     )
 
 
-def chapter_notebooks(root: Path) -> list[Path]:
-    """The chapter notebooks ``notebooks/NN_*.ipynb`` of the repository at ``root``, in order."""
-    return sorted((Path(root) / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-
-
 @dataclass(frozen=True)
 class CachedRun:
     """One notebook execution that ``make book`` stored in Jupyter Book's execution cache."""
@@ -683,81 +678,6 @@ def cached_execution_times(cache_dir: Path, notebooks: Sequence[Path]) -> dict[s
     return found
 
 
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Set environment variables for the block (a kernel started inside inherits them), then restore them."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
-def notebook_environment(profile: str, **extra: str) -> Iterator[None]:
-    """What a kernel started inside the block runs with: ``profile``, the Hugging Face libraries offline, and its
-    recorded results in a temporary folder, so the book's results stay untouched; ``extra``: more variables."""
-    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with (
-        tempfile.TemporaryDirectory() as results,
-        _environment(MMCOURSE_PROFILE=profile, MMCOURSE_RESULTS=results, **offline, **extra),
-    ):
-        yield
-
-
-NOTEBOOK_WORKERS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-
-
-def execute_notebooks(
-    paths: Sequence[Path], profile: str = "fast", timeout: int = 600, threads: int = 1, workers: int = 1
-) -> list[float | BaseException]:
-    """Seconds to execute each notebook top to bottom with nbclient in ``profile``, kernel start included (as
-    jupyter-cache times it), ``workers`` notebooks at a time, each kernel limited to ``threads`` torch threads
-    (``make test`` runs two notebooks of one thread each on two cores: two threads each beside another busy process
-    ran several times slower). A notebook that fails gives its exception instead of seconds. What the notebooks
-    record goes to a temporary folder: the book's results stay untouched."""
-    import asyncio
-
-    import nbformat
-    from nbclient import NotebookClient
-
-    from mmcourse.profiles import PROFILES
-
-    if profile not in PROFILES:
-        raise ValueError(f"profile={profile!r} is not one of {PROFILES}")
-    for name, value in (("timeout", timeout), ("threads", threads), ("workers", workers)):
-        check_positive_int(name, value)
-    semaphore = asyncio.Semaphore(workers)
-
-    async def execute(path: Path) -> float:
-        notebook = nbformat.read(str(path), as_version=4)
-        client = NotebookClient(notebook, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
-        async with semaphore:
-            _progress(f"executing {path.name} ({profile} profile)")
-            start = time.perf_counter()
-            await client.async_execute()
-            return time.perf_counter() - start
-
-    async def execute_all() -> list[float | BaseException]:
-        return await asyncio.gather(*(execute(Path(path)) for path in paths), return_exceptions=True)
-
-    with notebook_environment(profile, OMP_NUM_THREADS=str(threads)):
-        return asyncio.run(execute_all())
-
-
-def execute_notebook(path: Path, profile: str = "fast", timeout: int = 600, threads: int = 1) -> float:
-    """Seconds to execute one notebook (see :func:`execute_notebooks`); its exception if it fails."""
-    (result,) = execute_notebooks([path], profile, timeout, threads)
-    if isinstance(result, BaseException):
-        raise result
-    return result
-
-
 def runbook_times(folder: Path, machine: str, profile: str) -> dict[str, ChapterRun]:
     """The chapters that ``make runbook`` measured on ``machine`` in ``profile`` and that ran to the end, by file
     stem, from the runbook files in ``folder``; {} when there are none."""
@@ -777,21 +697,21 @@ def notebooks_section(root: Path | None, execute: bool, timeout: int = 600) -> S
     if root is None:
         return Section("notebooks", title, ours, reference, (), "not measured: mmcourse is not run from a checkout")
     cache_dir = Path(root) / "_build" / ".jupyter_cache" / PROFILE_CACHE
-    notebooks = chapter_notebooks(root)
-    cached = cached_execution_times(cache_dir, notebooks)
+    paths = [path for path in chapter_notebooks(root) if path.stem[:2].isdigit()]  # the chapters, not appendices
+    cached = cached_execution_times(cache_dir, paths)
     runbook_runs = runbook_times(Path(root) / "book" / "runbook", machine_name(), PROFILE_CACHE)
-    seconds = execute_notebooks(notebooks, "fast", timeout, workers=NOTEBOOK_WORKERS) if execute else []
+    workers = min(2, cores())  # as make test runs them: two at a time on two cores, one thread each
+    executions = execute_notebooks(paths, "fast", workers=workers, threads=1, timeout=timeout) if execute else []
     rows, errors = [], []
-    for index, notebook in enumerate(notebooks):
+    for index, notebook in enumerate(paths):
         fast, fast_source = None, "fast: not measured (--quick executes no notebook)"
         if execute:
-            result = seconds[index]
-            if isinstance(result, BaseException):  # reported in the table and the exit code
-                fast_source = f"fast: failed ({type(result).__name__})"
-                last_line = ANSI_COLOUR.sub("", str(result)).strip().splitlines()[-1:] or [""]
-                errors.append(f"{notebook.name}: {type(result).__name__}: {last_line[0]}")
+            execution = executions[index]
+            if execution.problems():  # reported in the table and the exit code
+                fast_source = f"fast: failed ({execution.failure.ename if execution.failure else 'a check'})"
+                errors += execution.problems()
             else:
-                fast, fast_source = [result], "fast: executed now (nbclient, 1 run)"
+                fast, fast_source = [execution.seconds], "fast: executed now (the book's executor, 1 run)"
         run = cached.get(notebook.name)
         measured = runbook_runs.get(notebook.stem)
         if run is None and measured is not None:
@@ -806,7 +726,7 @@ def notebooks_section(root: Path | None, execute: bool, timeout: int = 600) -> S
             cpu, cpu_source = [run.seconds], f"{PROFILE_CACHE}: `make book` cache, {run.recorded}{changed}"
         rows.append(compare(notebook.stem, "execution (s)", fast, cpu, f"{fast_source}; {cpu_source}"))
     note = (
-        f"fast: executed now with nbclient, {NOTEBOOK_WORKERS} at a time, one torch thread each (OMP_NUM_THREADS=1), "
+        f"fast: executed now by the book's executor, {workers} at a time, one torch thread each (OMP_NUM_THREADS=1), "
         f"as make test runs them; {PROFILE_CACHE}: MyST-NB's execution_seconds in {cache_dir.relative_to(root)} "
         "(jupyter-cache), as make book ran it, else this machine's book/runbook file; not re-run"
     )

@@ -3,6 +3,10 @@
 ``record`` stores a value in ``<results dir>/<profile>/<chapter>.json`` (one file per chapter, so notebooks
 running in parallel never write the same file) and glues it for myst-nb, so the text can say
 ``{glue:text}`name:.3f``` instead of a typed number. The book's Results page shows every recorded value.
+
+One name, one value: when the book's executor runs a notebook (``MMCOURSE_STRICT_RESULTS=1``), a name that another
+cell or line has recorded already in this kernel raises ValueError naming the chapter and the name — a glue key
+glued twice fails the book build. Running the same cell again (in Jupyter) records again without complaint.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mmcourse.profiles import PROFILES, current_profile
 
 ENV_VAR = "MMCOURSE_RESULTS"
+STRICT_ENV_VAR = "MMCOURSE_STRICT_RESULTS"  # set by the book's executor (mmcourse.notebooks): one cell per name
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _CHAPTER = re.compile(r"^[0-9a-z][0-9a-z_]*$")
+_RECORDED: dict[tuple[str, str], tuple[str, int]] = {}  # (chapter, name) -> the code location that recorded it
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ def record(chapter: str, name: str, value: float, unit: str = "", note: str = ""
         raise ValueError(f"value for {name!r} must be finite, got {number}")
     if not isinstance(unit, str):
         raise ValueError(f"unit must be a string, got {type(unit).__name__}")
+    _check_recorded_once(chapter, name)
 
     import torch
 
@@ -90,6 +98,19 @@ def record(chapter: str, name: str, value: float, unit: str = "", note: str = ""
     tmp.replace(path)
     _glue(name, number)
     return number
+
+
+def _check_recorded_once(chapter: str, name: str) -> None:
+    """Under the book's executor, refuse a name that another place in the code (cell and line) recorded already in
+    this process; the same place again (a loop, a re-run cell) is fine."""
+    caller = sys._getframe(2)
+    where = (caller.f_code.co_filename, caller.f_lineno)
+    first = _RECORDED.setdefault((chapter, name), where)
+    if first != where and os.environ.get(STRICT_ENV_VAR) == "1":
+        raise ValueError(
+            f"{chapter}: the result {name!r} was recorded already, by another cell or line: one name per value "
+            "(the book glues each name once; a second value under the same name fails the build)"
+        )
 
 
 def _glue(name: str, value: float) -> None:

@@ -1,7 +1,8 @@
 """The runbook: how long each chapter takes and how much memory it needs, measured per machine and profile.
 
 ``python -m mmcourse.runbook [--profile fast|cpu|gpu] [--chapters 01 A1 ...] [--output DIR] [--timeout S]``
-(``make runbook``) executes the chapter notebooks one at a time, top to bottom, with nbclient, and measures each:
+(``make runbook``) executes the chapter notebooks one at a time, top to bottom, with the book's executor
+(``mmcourse.notebooks``, which fails a chapter on what fails the book build), and measures each:
 
 - wall-clock seconds, kernel start included;
 - peak memory, read by one extra cell appended to the notebook (in memory only): the CUDA allocator's
@@ -22,44 +23,28 @@ import json
 import platform
 import re
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from mmcourse.checks import positive_int_argument
+from mmcourse.checks import check_positive_int, positive_int_argument
+from mmcourse.notebooks import (
+    DEFAULT_TIMEOUT,
+    Execution,
+    chapter_notebooks,
+    chapter_order,
+    check_profile,
+    execute,
+    static_problems,
+)
 from mmcourse.profiles import PROFILES, current_profile
 from mmcourse.results import repository_root
 
-MARKER = "MMCOURSE_RUNBOOK "  # the line the appended cell prints, followed by JSON
 # A Colab T4 (a 16 GB card): Colab shows 15.0 GB of GPU RAM, torch's out-of-memory messages there say 14.75 GiB
 # total capacity (15.8e9 bytes). The budget is 15e9 bytes of the allocator's peak: the rest is left to the CUDA
 # context and the allocator's cache, which come on top of it.
 T4_MEMORY_BYTES = 15 * 10**9
 GIB = 2**30
-DEFAULT_TIMEOUT = 1800  # seconds per cell, as the book's build allows (_config.yml: execute.timeout)
-
-PEAKS_CELL = f"""\
-def _mmcourse_runbook_peaks() -> str:
-    import json
-    import resource
-    import sys
-
-    import torch
-
-    cuda = torch.cuda.is_available()
-    kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    peaks = {{
-        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else None,  # since the kernel started
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }}
-    return {MARKER!r} + json.dumps(peaks)
-
-
-print(_mmcourse_runbook_peaks())"""
 
 
 @dataclass(frozen=True)
@@ -121,106 +106,42 @@ def runbook_path(folder: Path, machine: str, profile: str) -> Path:
     return Path(folder) / f"{machine_slug(machine)}--{profile}.json"
 
 
-def check_profile(profile: str) -> None:
-    """Raise ValueError naming ``profile`` unless it is one of ``PROFILES``."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile={profile!r} is not a profile; valid profiles are: {', '.join(PROFILES)}")
-
-
-def _chapter_order(stem: str) -> tuple[bool, str]:
-    return (stem[:1].isalpha(), stem)  # the chapters 01…08, then the appendices A1…
-
-
-def runbook_notebooks(root: Path, chapters: Sequence[str] | None = None) -> list[Path]:
-    """The chapter notebooks ``notebooks/NN_*.ipynb``, then the appendices ``notebooks/A<N>_*.ipynb``, of the
-    repository at ``root``; with ``chapters``, only those whose prefix ("01", "A1") or stem is listed."""
-    from mmcourse.bench import chapter_notebooks
-
-    folder = Path(root) / "notebooks"
-    found = chapter_notebooks(root) + sorted(folder.glob("A[0-9]_*.ipynb"))
-    if not found:
-        raise ValueError(f"root={str(root)!r} has no chapter notebooks in notebooks/")
-    if chapters is None:
-        return found
-    known = {path.stem.split("_")[0].lower(): path for path in found} | {path.stem.lower(): path for path in found}
-    unknown = [chapter for chapter in chapters if chapter.lower() not in known]
-    if unknown:
-        prefixes = ", ".join(path.stem.split("_")[0] for path in found)
-        raise ValueError(f"chapters: no chapter notebook {', '.join(map(repr, unknown))}; known: {prefixes}")
-    return sorted({known[chapter.lower()] for chapter in chapters}, key=lambda path: _chapter_order(path.stem))
-
-
-def parse_peaks(outputs: Sequence[dict]) -> dict:
-    """The JSON that the appended cell printed after ``MARKER``, from that cell's outputs ({} if absent)."""
-    for output in outputs:
-        if output.get("output_type") != "stream":
-            continue
-        text = output.get("text", "")
-        for line in ("".join(text) if isinstance(text, list) else text).splitlines():
-            if line.startswith(MARKER):
-                return json.loads(line[len(MARKER) :])
-    return {}
-
-
-def failure_status(error: BaseException) -> str:
-    """``failed: <ExceptionName>: <last line>``: the kernel's exception when a cell raised, else the runner's."""
-    from mmcourse.bench import ANSI_COLOUR
-
-    name, message = getattr(error, "ename", None), getattr(error, "evalue", None)
-    if name is None:
-        name, message = type(error).__name__, str(error)
-    lines = [line.strip() for line in ANSI_COLOUR.sub("", str(message)).splitlines() if line.strip()]
-    return f"failed: {name}: {lines[-1][:300] if lines else ''}".rstrip(": ")
-
-
 def measure_notebook(path: Path, profile: str, timeout: int = DEFAULT_TIMEOUT) -> ChapterRun:
-    """Execute one notebook top to bottom in ``profile`` and measure its time and peak memory.
-
-    ``timeout``: seconds per cell. What the notebook records goes to a temporary folder (the book's results stay
-    untouched); the Hugging Face libraries are offline. When a cell fails, the peaks are still read (the
-    appended cell runs in the same kernel), so a chapter that runs out of memory shows how far it got.
-    """
-    import nbformat
+    """Execute one notebook top to bottom in ``profile`` with the book's executor (``mmcourse.notebooks``) and
+    measure its time and peak memory. ``timeout``: seconds per cell. What the notebook records goes to a temporary
+    folder (the book's results stay untouched). It fails on what fails the book build: a cell that raises, a glue
+    key the prose uses that the run did not record, an exercise whose student version misbehaves, and what the
+    static checks find (``mmcourse.notebooks.static_problems``: a glue key some profile would not record once).
+    When a cell fails, the peaks are still read (the appended cell runs in the same kernel), so a chapter that runs
+    out of memory shows how far it got."""
     import torch
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
 
-    from mmcourse.bench import notebook_environment
-    from mmcourse.checks import check_positive_int
-
-    check_profile(profile)
     check_positive_int("timeout", timeout)
-    path = Path(path)
-    notebook = nbformat.read(str(path), as_version=4)
-    notebook.cells.append(nbformat.v4.new_code_cell(PEAKS_CELL))
-    client = NotebookClient(notebook, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
-    failure: BaseException | None = None
-    peaks: dict = {}
-    with notebook_environment(profile):
-        client.reset_execution_trackers()
-        start, seconds = time.perf_counter(), None
-        try:
-            with client.setup_kernel():
-                try:
-                    for index, cell in enumerate(notebook.cells[:-1]):
-                        client.execute_cell(cell, index)
-                except CellExecutionError as error:  # the kernel is idle again: it can still report its peaks
-                    failure = error
-                seconds = time.perf_counter() - start
-                marker_index = len(notebook.cells) - 1
-                client.execute_cell(notebook.cells[marker_index], marker_index)
-                peaks = parse_peaks(notebook.cells[marker_index].outputs)
-        except Exception as error:  # a timeout, a dead kernel, a kernel that did not start
-            failure = failure or error
-    seconds = time.perf_counter() - start if seconds is None else seconds
+    checked = static_problems([Path(path)])  # what fails the book build in some profile, found without running
+    (execution,) = execute([Path(path)], profile, timeout=timeout, progress=False)
+    run = chapter_run(execution, torch.__version__)
+    if run.ok and checked:
+        return replace(run, status="failed: " + checked[0].removeprefix(f"{execution.name}: "))
+    return run
+
+
+def chapter_run(execution: Execution, torch_version: str) -> ChapterRun:
+    """The runbook's entry for one execution: "ok", or "failed: " and the first problem (the failed cell's error
+    and index, or the check that failed)."""
+    if execution.failure is not None:
+        status = f"failed: {execution.failure.message} (cell {execution.failure.cell})"
+    else:
+        problems = execution.problems()
+        status = "ok" if not problems else "failed: " + problems[0].removeprefix(f"{execution.name}: ")
+    peaks = execution.peaks
     return ChapterRun(
-        chapter=path.stem,
-        seconds=round(seconds, 1),
+        chapter=Path(execution.path).stem,
+        seconds=execution.seconds,
         peak_gpu_bytes=peaks.get("peak_gpu_bytes"),
         peak_rss_bytes=peaks.get("peak_rss_bytes"),
-        status="ok" if failure is None else failure_status(failure),
+        status=status,
         date=_dt.date.today().isoformat(),
-        torch=peaks.get("torch", torch.__version__),
+        torch=peaks.get("torch", torch_version),
         torch_threads=peaks.get("torch_threads"),
     )
 
@@ -260,7 +181,7 @@ def write_runbook(runs: Sequence[ChapterRun], path: Path, machine: str, profile:
             )
         kept = {run.chapter: run for run in earlier.chapters}
     kept |= {run.chapter: run for run in runs}
-    chapters = tuple(sorted(kept.values(), key=lambda run: _chapter_order(run.chapter)))
+    chapters = tuple(sorted(kept.values(), key=lambda run: chapter_order(run.chapter)))
     latest = max(chapters, key=lambda run: run.date, default=None)
     runbook = Runbook(
         machine=machine,
@@ -355,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if root is None:
         parser.error("mmcourse is not installed from a checkout of the book: there are no notebooks to run")
     try:
-        notebooks = runbook_notebooks(root, args.chapters)
+        notebooks = chapter_notebooks(root, args.chapters)
         profile = args.profile if args.profile is not None else current_profile()
     except ValueError as error:
         parser.error(str(error))

@@ -1,7 +1,7 @@
 """The built site (``_build/html``): nothing loaded from outside it, vendored scripts present, Colab buttons right.
 
-``make test`` builds the book (without executing notebooks) before it runs these tests. Run alone without a
-build, they skip, unless MMCOURSE_REQUIRE_BOOK=1 (as in CI), when a missing build fails.
+``make test`` builds the book (executing every notebook in the fast profile) before it runs these tests. Run alone
+without a build, they skip, unless MMCOURSE_REQUIRE_BOOK=1 (as in CI), when a missing build fails.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+pytestmark = pytest.mark.book  # make test runs these after building the book
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"

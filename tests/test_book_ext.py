@@ -3,7 +3,9 @@ read from the chapter notebooks for the instructor guide."""
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +26,30 @@ CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 def result(name: str) -> Result:
     return Result("04_gpt", name, 1.0, "s", "fast", "a machine", "2026-01-01", "2.0")
+
+
+def test_a_chapters_table_puts_profiles_side_by_side_in_the_order_the_chapter_measures(
+    results_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measurements = tmp_path / "measurements"
+    monkeypatch.setattr(mmcourse_book, "MEASUREMENTS", measurements)
+    (measurements / "gpu").mkdir(parents=True)
+    gpu = Result(
+        "07_fusion", "early_fusion_accuracy", 0.99, "", "gpu", "NVIDIA H200", "2026-11-26", "2.11", "8000 steps"
+    )
+    (measurements / "gpu" / "07_fusion.json").write_text(json.dumps({gpu.name: asdict(gpu)}))
+    record("07_fusion", "question_only_right_kind", 0.5, "", "kind of answer")  # recorded in 7.4 ...
+    record("07_fusion", "early_fusion_accuracy", 0.9, "", "40 steps")  # ... before the summary after 7.7
+    record("04_gpt", "validation_loss", 1.5, "nats/char")  # another chapter: not in this table
+
+    table, sources = run_results_table({"chapter": "07_fusion"})
+    header, *rows = [[entry.astext() for entry in row] for row in table.findall(nodes.row)]
+    assert header == ["figure", "fast", "gpu", "what it is"]
+    assert rows == [
+        ["question only right kind", "0.5", "—", "kind of answer"],
+        ["early fusion accuracy", "0.9", "0.99", "fast: 40 steps; gpu: 8000 steps"],
+    ]
+    assert "gpu: committed measurements (book/measurements), on NVIDIA H200, 2026-11-26" in sources.astext()
 
 
 def test_matching_keeps_the_names_that_match_a_pattern_in_order() -> None:
@@ -48,11 +74,12 @@ def test_results_table_shows_only_the_names_asked_for(
     record("04_gpt", "train_seconds", 12.5, "s")
     record("04_gpt", "validation_loss", 1.5, "nats/char")
 
-    rubric, table = run_results_table({"names": "*_seconds"})
-    assert rubric.astext() == "Profile: fast — measured by this build"
-    rows = list(table.findall(nodes.row))[1:]  # after the header
-    assert [row[1].astext() for row in rows] == ["train_seconds"]
-    assert len(list(run_results_table({})[1].findall(nodes.row))) == 3  # no filter: both, and the header
+    table, sources = run_results_table({"names": "*_seconds"})
+    header, *rows = [[entry.astext() for entry in row] for row in table.findall(nodes.row)]
+    assert header == ["chapter", "figure", "fast", "what it is"]
+    assert rows == [["04_gpt", "train seconds", "12.5 s", ""]]
+    assert sources.astext().startswith("fast: this build, on ")
+    assert len(list(run_results_table({})[0].findall(nodes.row))) == 3  # no filter: both, and the header
 
     (message,) = run_results_table({"names": "*_ms"})
     assert message.astext().startswith("No results named *_ms have been recorded yet")

@@ -13,6 +13,7 @@ import pytest
 from docutils import nodes
 
 from mmcourse import runbook
+from mmcourse.notebooks import PEAKS_MARKER, chapter_notebooks, read_marker
 from mmcourse.runbook import (
     GIB,
     T4_MEMORY_BYTES,
@@ -20,9 +21,7 @@ from mmcourse.runbook import (
     load_runbooks,
     machine_slug,
     measure_notebook,
-    parse_peaks,
     read_runbook,
-    runbook_notebooks,
     runbook_path,
     write_runbook,
 )
@@ -94,16 +93,16 @@ def test_a_failing_chapter_is_reported_with_its_exception_and_fails_the_run(
     (path,) = output.glob("*.json")
     (run,) = read_runbook(path).chapters  # only the chapter asked for ran
     assert run.chapter == "01_broken"
-    assert run.status == "failed: ValueError: the chapter broke"
+    assert run.status == "failed: ValueError: the chapter broke (cell 1)"
     assert run.peak_rss_bytes > 0  # read after the failure, in the same kernel
     printed = capsys.readouterr()
-    assert "01_broken" in printed.out and "failed: ValueError: the chapter broke" in printed.out
+    assert "01_broken" in printed.out and "failed: ValueError: the chapter broke (cell 1)" in printed.out
     assert "failed: 01_broken" in printed.err
 
 
 def test_unknown_chapters_profiles_and_timeouts_are_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"chapters: no chapter notebook '09'.*known: 01, 02.*A1"):
-        runbook_notebooks(ROOT, ["01", "09"])
+        chapter_notebooks(ROOT, ["01", "09"])
     with pytest.raises(SystemExit) as exit_info:
         runbook.main(["--chapters", "Z9", "--output", str(tmp_path)])
     assert exit_info.value.code == 2
@@ -120,10 +119,10 @@ def test_unknown_chapters_profiles_and_timeouts_are_refused_by_name(tmp_path: Pa
 
 
 def test_chapters_come_in_book_order_and_filter_by_prefix_or_stem() -> None:
-    stems = [path.stem for path in runbook_notebooks(ROOT)]
+    stems = [path.stem for path in chapter_notebooks(ROOT)]
     assert stems[0].startswith("01_") and stems[-1].startswith("A1_")
     assert stems == sorted(stems[:-1]) + [stems[-1]]
-    chosen = runbook_notebooks(ROOT, ["a1", "04", "01_attention"])
+    chosen = chapter_notebooks(ROOT, ["a1", "04", "01_attention"])
     assert [path.stem for path in chosen] == ["01_attention", "04_gpt", "A1_distributed"]
 
 
@@ -143,8 +142,8 @@ def test_peaks_are_parsed_from_the_marker_line_only() -> None:
         {"output_type": "stream", "name": "stdout", "text": "noise\n"},
         {"output_type": "stream", "name": "stdout", "text": 'MMCOURSE_RUNBOOK {"peak_gpu_bytes": 5}\n'},
     ]
-    assert parse_peaks(outputs) == {"peak_gpu_bytes": 5}
-    assert parse_peaks([{"output_type": "error", "ename": "X"}]) == {}
+    assert read_marker(outputs, PEAKS_MARKER) == {"peak_gpu_bytes": 5}
+    assert read_marker([{"output_type": "error", "ename": "X"}], PEAKS_MARKER) is None
 
 
 def test_runbooks_round_trip_and_a_subset_keeps_the_other_chapters(tmp_path: Path) -> None:
@@ -222,3 +221,22 @@ def test_runbook_table_without_files_says_how_to_fill_it(tmp_path: Path) -> None
 def test_committed_runbook_files_all_load() -> None:
     for measured in load_runbooks(ROOT / "book" / "runbook"):  # committed files, if any, all load
         assert measured.chapters
+
+
+@pytest.mark.slow
+@pytest.mark.enable_socket  # the Jupyter kernel talks to this process over localhost ...
+@pytest.mark.allow_hosts(["127.0.0.1"])  # ... and nowhere else
+def test_a_chapter_fails_on_what_fails_the_book_build(tmp_path: Path) -> None:
+    twice = write_notebook(
+        tmp_path / "01_twice.ipynb",
+        "from mmcourse.results import record\nrecord('01_twice', 'loss', 1.0)",
+        "record('01_twice', 'loss', 2.0)",
+    )
+    run = measure_notebook(twice, "fast", timeout=60)
+    assert run.status.startswith("failed: ValueError: 01_twice: the result 'loss' was recorded already")
+    unrecorded = write_notebook(tmp_path / "02_unrecorded.ipynb", "x = 1")
+    notebook = nbformat.read(str(unrecorded), as_version=4)
+    notebook.cells.append(nbformat.v4.new_markdown_cell("The loss is {glue:text}`loss`."))
+    nbformat.write(notebook, str(unrecorded))
+    run = measure_notebook(unrecorded, "fast", timeout=60)
+    assert run.status == "failed: the prose uses glue key 'loss', which this run did not record"

@@ -8,6 +8,7 @@ what this very build's notebooks recorded.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -30,40 +31,94 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 class ResultsTable(Directive):
-    """``{results-table}``: one table per profile of every value recorded with ``mmcourse.results.record``.
+    """``{results-table}``: every value recorded with ``mmcourse.results.record``, one row per figure and one column
+    per profile side by side (fast, cpu, gpu), then a line per profile saying where its numbers come from (this
+    build, or the committed measurements in book/measurements) and the machine, date and torch version.
 
-    ``:names: "*_seconds parameters"`` keeps only the results whose name matches one of these glob patterns (quoted:
-    MyST reads the options as YAML, where a leading ``*`` means something else).
+    ``:chapter: 07_fusion`` keeps one chapter's figures (the Results page has a section per chapter); without it,
+    a chapter column comes first. ``:names: "*_seconds parameters"`` keeps only the results whose name matches one
+    of these glob patterns (quoted: MyST reads the options as YAML, where a leading ``*`` means something else).
     """
 
     has_content = False
-    option_spec = {"names": directives.unchanged_required}
+    option_spec = {"names": directives.unchanged_required, "chapter": directives.unchanged_required}
 
     def run(self) -> list[nodes.Node]:
-        from mmcourse.results import format_value, load, results_dir, with_measurements
+        from mmcourse.results import load, results_dir, with_measurements
 
         directory = results_dir()
         built = load(directory)
         patterns = self.options.get("names", "").split()
+        chapter = self.options.get("chapter", "").strip().lower() or None
         results = matching(with_measurements(built, load(MEASUREMENTS)), patterns)
+        if chapter is not None:
+            results = [result for result in results if result.chapter == chapter]
         if not results:
             named = f" named {' or '.join(patterns)}" if patterns else ""
-            paragraph = nodes.paragraph(text=f"No results{named} have been recorded yet (looked in {directory}).")
+            of = f" for {chapter}" if chapter else ""
+            paragraph = nodes.paragraph(text=f"No results{named}{of} have been recorded yet (looked in {directory}).")
             return [paragraph]
         profiles_built = {result.profile for result in built}
-        output: list[nodes.Node] = []
+        headers, rows = results_rows(results, with_chapter=chapter is None)
+        table = _table(headers, rows)
+        table["classes"] += ["results-by-profile"] + (["with-chapter"] if chapter is None else [])
+        sources = nodes.bullet_list(classes=["results-sources"])
         for profile in dict.fromkeys(result.profile for result in results):
-            rows = [result for result in results if result.profile == profile]
-            source = (
-                "measured by this build" if profile in profiles_built else "committed measurements (book/measurements)"
-            )
-            section_title = nodes.rubric(text=f"Profile: {profile} — {source}")
-            headers = ["chapter", "name", "value", "unit", "note", "machine", "date", "torch"]
-            body = [
-                [r.chapter, r.name, format_value(r.value), r.unit, r.note, r.machine, r.date, r.torch] for r in rows
-            ]
-            output += [section_title, _table(headers, body)]
-        return output
+            where = "this build" if profile in profiles_built else "committed measurements (book/measurements)"
+            first = next(result for result in results if result.profile == profile)
+            item = nodes.list_item()
+            item += nodes.paragraph(text=f"{profile}: {where}, on {first.machine}, {first.date}, torch {first.torch}")
+            sources += item
+        return [table, sources]
+
+
+@functools.cache
+def _record_calls(chapter: str) -> tuple:
+    """The record() calls of the notebook whose stem is ``chapter`` (in lower case, as results name chapters)."""
+    import nbformat
+
+    from mmcourse.notebooks import record_calls
+
+    found = [path for path in NOTEBOOKS.glob("*.ipynb") if path.stem.lower() == chapter]
+    return tuple(record_calls(nbformat.read(str(found[0]), as_version=4))) if found else ()
+
+
+def recorded_at(chapter: str, name: str) -> tuple[float, float]:
+    """Where chapter ``chapter`` records ``name``: (cell, line) of the first record() call in its notebook that
+    makes it, so a table lists the figures in the order the chapter measures them (names no call makes: last)."""
+    return next(((call.cell, call.line) for call in _record_calls(chapter) if call.matches(name)), (1e9, 0))
+
+
+def figure_label(name: str) -> str:
+    """A reader's label for a recorded name: "question_only_accuracy" → "question only accuracy"."""
+    return name.replace("_", " ")
+
+
+def results_rows(results: list[Result], with_chapter: bool) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of a results table: one row per (chapter, name), the value with its unit in each profile's
+    column ("—" where that profile has not measured it), and what the figure is (its notes; a note that differs
+    between profiles is shown per profile)."""
+    from mmcourse.profiles import PROFILES
+    from mmcourse.results import format_value
+
+    profiles = [profile for profile in PROFILES if any(result.profile == profile for result in results)]
+    figures: dict[tuple[str, str], dict[str, Result]] = {}
+    for result in sorted(results, key=lambda r: (r.chapter, recorded_at(r.chapter, r.name), r.name)):
+        figures.setdefault((result.chapter, result.name), {})[result.profile] = result
+    headers = (["chapter"] if with_chapter else []) + ["figure", *profiles, "what it is"]
+    rows = []
+    for (chapter, name), by_profile in figures.items():
+        values = [
+            f"{format_value(by_profile[p].value)} {by_profile[p].unit}".strip() if p in by_profile else "—"
+            for p in profiles
+        ]
+        notes = {p: by_profile[p].note for p in profiles if p in by_profile and by_profile[p].note}
+        if len(set(notes.values())) <= 1:
+            note = next(iter(notes.values()), "")
+        else:
+            note = "; ".join(f"{p}: {text}" for p, text in notes.items())
+        rows.append(([chapter] if with_chapter else []) + [figure_label(name), *values, note])
+    return headers, rows
 
 
 def matching(results: list[Result], patterns: list[str]) -> list[Result]:
@@ -169,13 +224,13 @@ class RunbookTable(SphinxDirective):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        from mmcourse.runbook import runbook_notebooks
+        from mmcourse.notebooks import chapter_notebooks
 
         for path in sorted(RUNBOOK.glob("*.json")):
             self.env.note_dependency(str(path))
         # Not a file, so Sphinx counts it as changed: the page is read again each build and a new file shows up.
         self.env.note_dependency(str(RUNBOOK))
-        return runbook_nodes(RUNBOOK, [path.stem for path in runbook_notebooks(NOTEBOOKS.parent)])
+        return runbook_nodes(RUNBOOK, [path.stem for path in chapter_notebooks(NOTEBOOKS.parent)])
 
 
 def runbook_table(chapters: list[str], runbooks: list[Runbook]) -> tuple[list[str], list[list[str]]]:

@@ -86,6 +86,25 @@ def solution_metadata(grade_id: str) -> dict:
     return {"grade": False, "grade_id": grade_id, "locked": False, "schema_version": 3, "solution": True}
 
 
+def student_notebook(notebook: dict, name: str = "notebook") -> dict:
+    """``notebook`` (an nbformat notebook) with its solutions cleared (nbgrader ``ClearSolutions``) and no outputs;
+    the input is not changed. Raises ValueError if a solution region sits in a cell that is not marked as a
+    solution cell (it would reach students unchanged); ``name`` names the notebook in that message."""
+    from nbconvert.preprocessors import ClearOutputPreprocessor
+    from nbgrader.preprocessors import ClearSolutions
+
+    for index, cell in enumerate(notebook.cells):
+        if SOLUTION_BEGIN in cell.source and not is_solution_cell(cell):
+            raise ValueError(f"{name}: cell {index} has '{SOLUTION_BEGIN}' but no nbgrader solution metadata")
+    resources: dict = {}
+    student, resources = ClearSolutions().preprocess(copy.deepcopy(notebook), resources)
+    student, resources = ClearOutputPreprocessor().preprocess(student, resources)
+    for cell in student.cells:
+        if cell.cell_type == "code":
+            cell.execution_count = None
+    return student
+
+
 def make_student_notebook(source: Path, destination: Path) -> int:
     """Write ``destination``: ``source`` with solutions cleared (nbgrader ``ClearSolutions``) and no outputs.
 
@@ -93,20 +112,9 @@ def make_student_notebook(source: Path, destination: Path) -> int:
     not marked as a solution cell (it would reach students unchanged).
     """
     import nbformat
-    from nbconvert.preprocessors import ClearOutputPreprocessor
-    from nbgrader.preprocessors import ClearSolutions
 
     notebook = nbformat.read(str(source), as_version=4)
-    for index, cell in enumerate(notebook.cells):
-        if SOLUTION_BEGIN in cell.source and not is_solution_cell(cell):
-            raise ValueError(f"{source.name}: cell {index} has '{SOLUTION_BEGIN}' but no nbgrader solution metadata")
-    cleared = sum(1 for cell in notebook.cells if is_solution_cell(cell))
-    resources: dict = {}
-    notebook, resources = ClearSolutions().preprocess(copy.deepcopy(notebook), resources)
-    notebook, resources = ClearOutputPreprocessor().preprocess(notebook, resources)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            cell.execution_count = None
+    student = student_notebook(notebook, Path(source).name)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, str(destination))
-    return cleared
+    nbformat.write(student, str(destination))
+    return sum(1 for cell in notebook.cells if is_solution_cell(cell))

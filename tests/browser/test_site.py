@@ -68,3 +68,40 @@ def test_search_finds_attention(browser, site_url: str) -> None:
         page.close()
     assert any("Attention" in title for title in titles), titles
     assert not outside and not errors
+
+
+CHAPTER_PAGES = [p for p in PAGES if p.startswith("notebooks/")]
+WIDE_LINES = """() => [...document.querySelectorAll('div.cell_input pre')]
+    .filter(pre => pre.scrollWidth > pre.clientWidth + 1)
+    .map(pre => pre.innerText.split('\\n').reduce((a, b) => (b.length > a.length ? b : a), ''))"""
+
+
+@pytest.mark.parametrize("path", CHAPTER_PAGES)
+def test_every_code_line_fits_its_cell_at_1280_px(browser, site_url: str, path: str) -> None:
+    """A reader sees whole lines of code, without scrolling sideways (notebooks keep to 88 columns)."""
+    page, _, _ = open_page(browser, f"{site_url}/{path}")
+    try:
+        assert page.locator("div.cell_input pre").count() > 0, "a chapter page shows its code"
+        too_wide = page.evaluate(WIDE_LINES)
+    finally:
+        page.close()
+    assert not too_wide, f"{len(too_wide)} code cell(s) wider than the column; longest lines: {too_wide[:3]}"
+
+
+def test_results_page_has_one_section_per_chapter_and_each_chapter_links_to_it(browser, site_url: str) -> None:
+    chapters = [Path(p).stem for p in CHAPTER_PAGES]
+    page, errors, _ = open_page(browser, f"{site_url}/book/results.html")
+    try:
+        sections = page.evaluate(
+            "() => [...document.querySelectorAll('article section section')]"
+            ".map(s => (s.querySelector('span[id^=\"results-\"]') || s).id)"
+        )
+        tables = page.locator("article table.results-by-profile").count()
+    finally:
+        page.close()
+    assert sections == [f"results-{chapter.lower().replace('_', '-')}" for chapter in chapters]
+    assert tables == len(chapters), "each chapter's section shows its table (make test builds the book executed)"
+    for chapter in chapters:
+        html = (HTML / "notebooks" / f"{chapter}.html").read_text(encoding="utf-8")
+        assert f"results.html#results-{chapter.lower().replace('_', '-')}" in html, f"{chapter} links its results"
+    assert not errors
