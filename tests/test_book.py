@@ -102,3 +102,16 @@ def test_results_page_is_generated() -> None:
     html_pages()
     page = (HTML / "book" / "results.html").read_text()
     assert "results-table" in page or "No results have been recorded yet" in page
+
+
+TQDM_METER = re.compile(r"\d+%\|[^|<]*\|\s*\d+/\d+ \[|it/s[,\]]")
+
+
+def test_progress_bars_stay_in_jupyter_not_in_the_pages() -> None:
+    """Training bars ("100% 40/40 [00:00<00:00, 52.94it/s, loss=1.8]") are for a kernel; the printed book has
+    none (the executor takes them out of the executed notebooks). A book built executed shows outputs, so
+    make test's build is where this bites."""
+    pages = [page for page in html_pages() if page.parent.name == "notebooks"]
+    assert pages
+    offenders = [page.name for page in pages if TQDM_METER.search(page.read_text(encoding="utf-8"))]
+    assert not offenders, f"progress bars in {offenders}"
