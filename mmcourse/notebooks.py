@@ -185,8 +185,9 @@ class RecordCall:
 
     cell: int
     line: int
+    statement: int  # the line of the cell's top-level statement that holds the call (a loop's first line)
     chapter: str | None  # the chapter id, None when it cannot be worked out
-    names: frozenset[str] | None  # every name it records, None when they cannot be worked out
+    names: tuple[str, ...] | None  # every name it records, in the order a loop makes them; None: not worked out
     pattern: str  # a regular expression for the names it records
     conditional: bool  # inside an if, an except, a while or a conditional expression
 
@@ -219,9 +220,10 @@ def _bind(target: ast.expr, value: object, scope: dict) -> None:
             _bind(element, parts[index] if parts is not None and index < len(parts) else _UNKNOWN, scope)
 
 
-def _possible_values(node: ast.expr, call: ast.Call, parents: dict, module: dict) -> set | None:
+def _possible_values(node: ast.expr, call: ast.Call, parents: dict, module: dict) -> list | None:
     """Every value ``node`` (an argument of ``call``) takes: through the for-loops around the call (their iterables
-    evaluated) and the assignments before it in each loop's body. None when it cannot be worked out."""
+    evaluated) and the assignments before it in each loop's body, in the order the loops make them, each once.
+    None when it cannot be worked out."""
     chain, ancestor = [], call
     while ancestor in parents:
         child, ancestor = ancestor, parents[ancestor]
@@ -243,8 +245,10 @@ def _possible_values(node: ast.expr, call: ast.Call, parents: dict, module: dict
                 if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
                     for scope in scopes:
                         _bind(statement.targets[0], _evaluate(statement.value, scope), scope)
-    values = {_evaluate(node, scope) for scope in scopes}
-    return None if _UNKNOWN in values or not values else values
+    values = [_evaluate(node, scope) for scope in scopes]
+    if not values or any(value is _UNKNOWN for value in values):
+        return None
+    return list(dict.fromkeys(values))
 
 
 def _module_literals(notebook: dict, upto: int) -> dict:
@@ -260,6 +264,12 @@ def _module_literals(notebook: dict, upto: int) -> dict:
                 except (ValueError, TypeError, SyntaxError, RecursionError):
                     _bind(statement.targets[0], _UNKNOWN, found)
     return found
+
+
+def _top_statement(node: ast.AST, parents: dict) -> ast.AST:
+    while parents.get(node) is not None and not isinstance(parents[node], ast.Module):
+        node = parents[node]
+    return node
 
 
 def _name_pattern(node: ast.expr) -> str:
@@ -307,8 +317,9 @@ def record_calls(notebook: dict) -> list[RecordCall]:
                 RecordCall(
                     cell=index,
                     line=node.lineno,
-                    chapter=next(iter(chapters)) if chapters is not None and len(chapters) == 1 else None,
-                    names=frozenset(map(str, names)) if names is not None else None,
+                    statement=_top_statement(node, parents).lineno,
+                    chapter=chapters[0] if chapters is not None and len(chapters) == 1 else None,
+                    names=tuple(map(str, names)) if names is not None else None,
                     pattern=_name_pattern(name_node),
                     conditional=conditional,
                 )
@@ -333,7 +344,7 @@ def glue_problems(notebook: dict, chapter: str) -> list[str]:
     exact = [call for call in calls if call.names is not None]
     for position, call in enumerate(exact):
         for other in exact[position + 1 :]:
-            for name in sorted(call.names & other.names):
+            for name in sorted(set(call.names) & set(other.names)):
                 problems.append(
                     f"{name!r} is recorded twice: cell {call.cell} line {call.line} and cell {other.cell} line "
                     f"{other.line} (one name per value: the book build fails on a duplicate glue key)"

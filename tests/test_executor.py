@@ -60,7 +60,7 @@ def test_a_name_recorded_in_two_cells_is_found_without_running_anything() -> Non
     (problem,) = glue_problems(made, "07_fusion")
     assert "'question_only_accuracy' is recorded twice: cell 0 line 2 and cell 1 line 3" in problem
     loop = record_calls(made)[1]
-    assert loop.names == {"question_only_accuracy", "early_fusion_accuracy"}  # worked out from the dict
+    assert loop.names == ("question_only_accuracy", "early_fusion_accuracy")  # from the dict, in its order
 
 
 def test_glue_keys_the_prose_uses_must_be_recorded_on_every_path() -> None:

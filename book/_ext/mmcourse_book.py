@@ -83,10 +83,15 @@ def _record_calls(chapter: str) -> tuple:
     return tuple(record_calls(nbformat.read(str(found[0]), as_version=4))) if found else ()
 
 
-def recorded_at(chapter: str, name: str) -> tuple[float, float]:
-    """Where chapter ``chapter`` records ``name``: (cell, line) of the first record() call in its notebook that
-    makes it, so a table lists the figures in the order the chapter measures them (names no call makes: last)."""
-    return next(((call.cell, call.line) for call in _record_calls(chapter) if call.matches(name)), (1e9, 0))
+def recorded_at(chapter: str, name: str) -> tuple[float, ...]:
+    """Where chapter ``chapter`` records ``name``: the first record() call in its notebook that makes it, as (cell,
+    top-level statement, turn of its loop, line), so that a table lists the figures in the order the chapter
+    measures them, a loop's figures one turn after another (names no call makes: last)."""
+    for call in _record_calls(chapter):
+        if call.matches(name):
+            turn = call.names.index(name) if call.names is not None else 0
+            return (call.cell, call.statement, turn, call.line)
+    return (1e9, 0, 0, 0)
 
 
 def figure_label(name: str) -> str:
