@@ -96,7 +96,8 @@ def execute(profile: str, workers: int | None, threads: int | None) -> bool:
         report = notebooks.write_report(execution, reports_dir(profile))
         if execution.ok:
             notebooks.cache(execution, cache_dir(profile))
-        problems += [f"{problem} (report: {report.relative_to(ROOT)})" for problem in execution.problems()]
+        where = report.with_suffix(".traceback.txt") if execution.failure else report
+        problems += [f"{problem} (see {where.relative_to(ROOT)})" for problem in execution.problems()]
     print(f"Executed in {time.perf_counter() - start:.0f} s; reports in {reports_dir(profile).relative_to(ROOT)}")
     if problems:
         print("The notebooks failed:", *problems, sep="\n  ", file=sys.stderr)

@@ -758,29 +758,97 @@ def execute(
 
     async def run_all(folder: Path) -> list[Execution]:
         semaphore = asyncio.Semaphore(workers)
+        expected = expected_seconds or {}
+        watch = Progress([path.stem for path in paths], expected, workers, profile, enabled=progress)
 
         async def run(path: Path) -> Execution:
             async with semaphore:
                 (folder / profile / f"{path.stem.lower()}.json").unlink(missing_ok=True)  # its chapter id
-                if progress:
-                    print(f"[{_clock()}] {path.name}: executing ({profile} profile)", flush=True)
+                watch.start(path.stem)
                 execution = await _execute_one(path, profile, timeout, exercises)
-                if progress:
-                    outcome = "ok" if execution.ok else f"FAILED at {execution.failure}"
-                    print(f"[{_clock()}] {path.name}: {outcome} in {execution.seconds:.0f} s", flush=True)
+                watch.finish(execution)
                 return execution
 
-        expected = expected_seconds or {}
         order = sorted(range(len(paths)), key=lambda i: -expected.get(paths[i].stem, 0.0))
-        finished = await asyncio.gather(*(run(paths[i]) for i in order))
+        try:
+            finished = await asyncio.gather(*(run(paths[i]) for i in order))
+        finally:
+            watch.close()
         return [finished[order.index(i)] for i in range(len(paths))]
 
     with notebook_environment(profile, results, **extra) as folder:
         return asyncio.run(run_all(folder))
 
 
-def _clock() -> str:
-    return _dt.datetime.now().strftime("%H:%M:%S")
+def format_duration(seconds: float) -> str:
+    """ "45 s", "12.3 min", "1 h 49 min"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class Progress:
+    """What a person watching ``make book`` reads: a line when a notebook starts (with the time it took last on
+    this machine, when known) and when it ends (its outcome and time, and about how long the rest will take), under
+    a bar over the notebooks when the output is a terminal."""
+
+    def __init__(
+        self, stems: Sequence[str], expected: dict[str, float], workers: int, profile: str, enabled: bool = True
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self.stems, self.expected, self.workers, self.profile, self.enabled = (
+            list(stems),
+            expected,
+            workers,
+            profile,
+            enabled,
+        )
+        self.started: dict[str, float] = {}
+        self.done: set[str] = set()
+        terminal = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=len(self.stems), desc="notebooks", unit="notebook", disable=not terminal, leave=False)
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds until every notebook is done, if each takes what it took last time and ``workers`` run at
+        once; None when a notebook has no expected time."""
+        left = 0.0
+        for stem in self.stems:
+            if stem in self.done:
+                continue
+            if stem not in self.expected:
+                return None
+            elapsed = now - self.started[stem] if stem in self.started else 0.0
+            left += max(0.0, self.expected[stem] - elapsed)
+        return left / self.workers
+
+    def _say(self, text: str) -> None:
+        if self.enabled:
+            self.bar.write(f"[{_dt.datetime.now():%H:%M:%S}] {text}")
+            sys.stdout.flush()
+
+    def start(self, stem: str) -> None:
+        self.started[stem] = time.monotonic()
+        count = f"{len(self.started)}/{len(self.stems)}"
+        last = f"; {format_duration(self.expected[stem])} last time" if stem in self.expected else ""
+        self._say(f"{stem}: started ({count}, {self.profile} profile{last})")
+
+    def finish(self, execution: Execution) -> None:
+        stem = Path(execution.path).stem
+        self.done.add(stem)
+        self.bar.update(1)
+        outcome = "ok" if execution.ok else f"FAILED at {execution.failure}"
+        left = self.remaining(time.monotonic())
+        rest = "" if left is None or len(self.done) == len(self.stems) else f"; about {format_duration(left)} left"
+        self._say(
+            f"{stem}: {outcome} in {format_duration(execution.seconds)} ({len(self.done)}/{len(self.stems)} done{rest})"
+        )
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -792,10 +860,16 @@ def report_path(folder: Path, notebook: Path) -> Path:
 
 
 def write_report(execution: Execution, folder: Path) -> Path:
-    """``<folder>/<notebook stem>.json``: the run's report (outcome, exercises, glue keys, times, peaks)."""
+    """``<folder>/<notebook stem>.json``: the run's report (outcome, exercises, glue keys, times, peaks); for a
+    failed run also ``<stem>.traceback.txt``, the failing cell's traceback as plain text."""
     path = report_path(folder, Path(execution.path))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(execution.report(), indent=1, ensure_ascii=False))
+    log = path.with_suffix(".traceback.txt")
+    if execution.failure is not None:  # the failing cell's traceback, readable as it was printed
+        log.write_text(f"{execution.name}, {execution.failure}\n\n{ANSI_COLOUR.sub('', execution.failure.traceback)}\n")
+    else:
+        log.unlink(missing_ok=True)
     return path
 
 

@@ -46,6 +46,11 @@ def outcome(capsys: pytest.CaptureFixture[str]) -> Outcome:
     return lambda passed: (passed, capsys.readouterr().out)
 
 
+def uses_a_kernel(test: Callable) -> Callable:
+    """For a slow test that starts a Jupyter kernel: it talks to the test over localhost, and to nowhere else."""
+    return pytest.mark.slow(pytest.mark.enable_socket(pytest.mark.allow_hosts(["127.0.0.1"])(test)))
+
+
 def raises(*_: object) -> None:
     """A student's answer that raises: checkers must report it, not propagate it."""
     raise RuntimeError("boom")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import uses_a_kernel
 
 from mmcourse.bench import (
     QUICK,
@@ -212,9 +213,7 @@ def test_cpu_times_fall_back_to_this_machines_runbook(tmp_path: Path) -> None:
     assert "no finished run in this machine's book/runbook file" in rows[1].source
 
 
-@pytest.mark.slow
-@pytest.mark.enable_socket  # the Jupyter kernel talks to this process over localhost ...
-@pytest.mark.allow_hosts(["127.0.0.1"])  # ... and nowhere else
+@uses_a_kernel
 def test_notebooks_execute_in_the_fast_profile_and_failures_are_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import uses_a_kernel
 
 from mmcourse import notebooks
 from mmcourse.exercises import solution_metadata
@@ -23,7 +24,6 @@ from mmcourse.notebooks import (
 from mmcourse.results import STRICT_ENV_VAR, record
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNEL = pytest.mark.enable_socket, pytest.mark.allow_hosts(["127.0.0.1"])  # kernels talk over localhost only
 
 
 def notebook(*cells: str | tuple[str, str]) -> nbformat.NotebookNode:
@@ -150,9 +150,7 @@ def test_exercise_problems_name_what_a_student_would_meet() -> None:
     ]
 
 
-@pytest.mark.slow
-@KERNEL[0]
-@KERNEL[1]
+@uses_a_kernel
 def test_one_execution_checks_cells_exercises_glue_and_caches_for_the_book(tmp_path: Path) -> None:
     checker = (
         "from mmcourse.exercises import run_check\n"
@@ -213,6 +211,9 @@ def test_one_execution_checks_cells_exercises_glue_and_caches_for_the_book(tmp_p
 
     report = notebooks.write_report(first, tmp_path / "reports")
     assert notebooks.read_report(report).report() == first.report()
+    notebooks.write_report(second, tmp_path / "reports")
+    traceback = (tmp_path / "reports" / "02_broken.traceback.txt").read_text()
+    assert traceback.startswith("02_broken.ipynb, cell 1: ValueError") and "record(" in traceback
     cache_dir = tmp_path / "cache"
     notebooks.cache(first, cache_dir)  # and MyST-NB finds it for the notebook on disk (checked inside)
     from jupyter_cache import get_cache
@@ -222,6 +223,21 @@ def test_one_execution_checks_cells_exercises_glue_and_caches_for_the_book(tmp_p
     }
     with pytest.raises(ValueError, match="02_broken.ipynb: only a notebook that ran to its end is cached"):
         notebooks.cache(second, cache_dir)
+
+
+def test_progress_says_what_started_what_ended_and_how_long_the_rest_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    watch = notebooks.Progress(["01_a", "02_b", "03_c"], {"01_a": 600.0, "02_b": 60.0, "03_c": 30.0}, 2, "cpu")
+    watch.start("01_a")
+    watch.start("02_b")
+    assert watch.remaining(watch.started["02_b"]) == pytest.approx((600 + 60 + 30) / 2, abs=1)
+    done = notebooks.Execution("x/02_b.ipynb", "cpu", 58.0, None, [], [], [], [], {}, 1)
+    watch.finish(done)
+    watch.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("01_a: started (1/3, cpu profile; 10.0 min last time)")
+    assert "02_b: ok in 58 s (1/3 done; about " in lines[2] and lines[2].endswith(" left)")
+    assert notebooks.Progress(["01_a"], {}, 1, "cpu", enabled=False).remaining(0.0) is None
+    assert [notebooks.format_duration(s) for s in (45, 738, 6540)] == ["45 s", "12.3 min", "1 h 49 min"]
 
 
 def test_bad_arguments_are_refused_by_name(tmp_path: Path) -> None:

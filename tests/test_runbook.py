@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 
 import mmcourse_book  # noqa: E402
+from conftest import uses_a_kernel  # noqa: E402
 
 ARRAY_BYTES = 100_000_000  # what the synthetic chapter allocates on top of its baseline
 
@@ -57,9 +58,7 @@ def chapter_run(chapter: str, seconds: float = 60.0, **changes: object) -> Chapt
     return ChapterRun(**(fields | changes))
 
 
-@pytest.mark.slow
-@pytest.mark.enable_socket  # the Jupyter kernel talks to this process over localhost ...
-@pytest.mark.allow_hosts(["127.0.0.1"])  # ... and nowhere else
+@uses_a_kernel
 def test_a_chapter_is_timed_and_its_peak_memory_read_from_the_appended_cell(tmp_path: Path) -> None:
     notebook = write_notebook(
         tmp_path / "01_memory.ipynb",
@@ -78,9 +77,7 @@ def test_a_chapter_is_timed_and_its_peak_memory_read_from_the_appended_cell(tmp_
     assert len(nbformat.read(str(notebook), as_version=4).cells) == 2  # the file on disk is left as it was
 
 
-@pytest.mark.slow
-@pytest.mark.enable_socket  # the Jupyter kernel talks to this process over localhost ...
-@pytest.mark.allow_hosts(["127.0.0.1"])  # ... and nowhere else
+@uses_a_kernel
 def test_a_failing_chapter_is_reported_with_its_exception_and_fails_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -223,9 +220,7 @@ def test_committed_runbook_files_all_load() -> None:
         assert measured.chapters
 
 
-@pytest.mark.slow
-@pytest.mark.enable_socket  # the Jupyter kernel talks to this process over localhost ...
-@pytest.mark.allow_hosts(["127.0.0.1"])  # ... and nowhere else
+@uses_a_kernel
 def test_a_chapter_fails_on_what_fails_the_book_build(tmp_path: Path) -> None:
     twice = write_notebook(
         tmp_path / "01_twice.ipynb",
