@@ -32,9 +32,10 @@ book: setup vendor
 	$(BIN)/python book/build.py $(BOOK_ARGS)
 
 ## make site-test: every page of _build/html in headless Chromium: loads offline, no console error, math typeset,
-## images load, search works; screenshots in _build/screenshots/. Needs Debian's chromium.
+## images load, search works, code fits its column, a results section per chapter; screenshots in
+## _build/screenshots/. Builds the book (fast profile, executed) first when there is none. Needs Debian's chromium.
 site-test: setup
-	@test -f _build/html/index.html || MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --no-execute
+	@test -f _build/html/index.html || MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --workers 2 --threads 1
 	$(call pytest,the built site,-p no:cacheprovider tests/browser)
 
 ## make student: student notebooks in student/, solutions cleared, outputs removed
