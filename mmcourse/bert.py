@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import padding_mask
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_positive_int, check_token_ids
 from mmcourse.layers import EncoderLayer
 
 if TYPE_CHECKING:
@@ -120,8 +120,9 @@ def _check_inputs(
     for name, tensor in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask)):
         if tensor is not None and tensor.shape != input_ids.shape:
             raise ValueError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(tensor.shape)}")
-    if token_type_ids is not None and token_type_ids.numel() and int(token_type_ids.max()) >= config.type_vocab_size:
-        raise ValueError(f"token_type_ids must be < type_vocab_size={config.type_vocab_size}")
+    check_token_ids("input_ids", input_ids, config.vocab_size)
+    if token_type_ids is not None:
+        check_token_ids("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
 
 
 class BertModel(nn.Module):

@@ -1,14 +1,62 @@
-"""Input checks shared by the package's configs and functions: each raises ValueError naming the bad field."""
+"""Input checks shared by the package's configs, models and functions: each raises an error naming the bad field.
+
+This module imports torch only inside the checks that need it, so that command-line tools can use the argparse
+helper without loading torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def check_positive_int(name: str, value: object) -> None:
     """Raise ValueError naming ``name`` unless ``value`` is an int >= 1 (a bool does not count as an int)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_int(name: str, value: object, minimum: int | None = None) -> None:
+    """TypeError naming ``name`` unless ``value`` is an int (a bool does not count); ValueError unless it is at
+    least ``minimum`` (when given)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_finite_number(name: str, value: object) -> None:
+    """TypeError naming ``name`` unless ``value`` is an int or a float (a bool does not count); ValueError when it
+    is inf or NaN."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number (an int or a float), got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def check_token_ids(name: str, ids: Tensor, vocab_size: int, size_name: str = "vocab_size") -> None:
+    """Raise unless ``ids`` is an int64 / int32 tensor of ids in [0, vocab_size): TypeError for another type,
+    ValueError naming ``name``, the valid range (``size_name=vocab_size``) and the ids found outside it.
+
+    The range check reads the tensor (one reduction and one wait for the device): call it once per call at a model's
+    entry point, for the ids that come from outside, not inside layers or once per generated token.
+    """
+    import torch
+
+    if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
+        kind = f"a {ids.dtype} tensor" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise TypeError(f"{name} must be an int64 or int32 tensor of token ids, got {kind}")
+    outside = (ids < 0) | (ids >= vocab_size)  # same shape as ids
+    if bool(outside.any()):
+        found = ids[outside]
+        raise ValueError(
+            f"{name} must hold ids in [0, {size_name}={vocab_size}), got {found.numel()} outside that range "
+            f"({found.min().item()}…{found.max().item()})"
+        )
 
 
 def positive_int_argument(text: str) -> int:

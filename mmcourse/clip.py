@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmcourse.checks import check_positive_int
+from mmcourse.bert import mean_pool
+from mmcourse.checks import check_positive_int, check_token_ids
 from mmcourse.layers import EncoderLayer
 
 TEXT_POOLINGS = ("end", "mean")
@@ -189,7 +190,11 @@ class TextEncoder(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """input_ids, attention_mask (batch, L), 1 = real token → (batch, d_model) pooled by ``config.pooling``."""
+        """input_ids, attention_mask (batch, L), 1 = real token → (batch, d_model) pooled by ``config.pooling``.
+
+        Every row needs at least one real token: a row of padding alone has nothing to attend to or to pool (its
+        mean would be NaN), so it raises ValueError naming ``attention_mask``, with either pooling.
+        """
         if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"input_ids and attention_mask must both be (batch, L), got {tuple(input_ids.shape)} "
@@ -199,6 +204,9 @@ class TextEncoder(nn.Module):
             raise ValueError(
                 f"input_ids has {input_ids.size(1)} tokens, more than context_length={self.config.context_length}"
             )
+        check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        if not bool(attention_mask.bool().any(dim=1).all()):
+            raise ValueError("attention_mask has a row with no real token: every text needs at least one")
         positions = torch.arange(input_ids.size(1), device=input_ids.device)  # (L,)
         x = self.dropout(self.token_embedding(input_ids) + self.position_embedding(positions))  # (batch, L, d)
         keep = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, L): no token attends to padding
@@ -207,8 +215,7 @@ class TextEncoder(nn.Module):
         x = self.norm(x)
         if self.config.pooling == "end":
             return end_of_text_pool(x, attention_mask)  # (batch, d_model)
-        weights = attention_mask[..., None].to(x.dtype)  # (batch, L, 1)
-        return (x * weights).sum(dim=1) / weights.sum(dim=1)  # (batch, d_model)
+        return mean_pool(x, attention_mask)  # (batch, d_model)
 
 
 @dataclass(frozen=True)
@@ -295,8 +302,6 @@ class LockedTextTower(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(batch, L) ids and mask → (batch, out_features), without building a graph."""
-        from mmcourse.bert import mean_pool
-
         with torch.no_grad():
             output = self.encoder(input_ids, attention_mask=attention_mask)
         # our BertOutput.hidden_states, a transformers output's last_hidden_state, or a plain tensor: (batch, L, hidden)

@@ -139,6 +139,10 @@ class LoRALinear(nn.Module):
     A (rank, in_features) starts like an nn.Linear weight (Kaiming-uniform), B (out_features, rank) at zero, so the
     wrapped layer starts as exactly its base layer. ``merge()`` folds B A · scaling into the base weight, so that
     inference costs nothing extra; ``unmerge()`` takes it out again.
+
+    A base weight shared with another parameter (a GPT's LM head tied to its token embedding) cannot be merged:
+    adding B A to it would change the other too. ``tied_to`` holds the other parameters' names, as ``apply_lora``
+    and ``merge_lora`` found them in the model (a layer cannot see the model it is in), and ``merge()`` refuses then.
     """
 
     def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> None:
@@ -155,6 +159,7 @@ class LoRALinear(nn.Module):
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
         self.dropout = nn.Dropout(dropout)
         self.merged = False
+        self.tied_to: tuple[str, ...] = ()  # the model's other parameters sharing base.weight: set by apply_lora
 
     def delta_weight(self) -> Tensor:
         """The update the adapter makes to the base weight: B A · scaling, (out_features, in_features)."""
@@ -170,10 +175,17 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Add B A · scaling into base.weight in place (a no-op when already merged)."""
-        if not self.merged:
-            self.base.weight += self.delta_weight()
-            self.merged = True
+        """Add B A · scaling into base.weight in place (a no-op when already merged). ValueError, leaving the weight
+        as it is, when base.weight is shared with the parameters in ``tied_to``: merging would change them too."""
+        if self.merged:
+            return
+        if self.tied_to:
+            raise ValueError(
+                f"cannot merge LoRA into a weight shared with {list(self.tied_to)} (tied weights): merging would "
+                "change those too; keep the adapter unmerged, or untie the weights before apply_lora"
+            )
+        self.base.weight += self.delta_weight()
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -194,6 +206,19 @@ def _lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     return layers
 
 
+def _record_ties(model: nn.Module) -> None:
+    """Set each LoRALinear's ``tied_to``: the names of the model's other parameters that share its base weight's
+    memory (the same Parameter, as a tied LM head and token embedding, or a view of the same storage)."""
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(parameter.untyped_storage().data_ptr() or id(parameter), []).append(name)
+    for name, layer in _lora_layers(model):
+        weight = layer.base.weight
+        own = f"{name}.base.weight" if name else "base.weight"
+        shared = names.get(weight.untyped_storage().data_ptr() or id(weight), [])
+        layer.tied_to = tuple(other for other in shared if other != own)
+
+
 def apply_lora(
     model: nn.Module,
     target_names: Sequence[str] = ("q_proj", "v_proj"),
@@ -203,7 +228,8 @@ def apply_lora(
 ) -> list[str]:
     """Wrap every nn.Linear whose name ends in one of ``target_names`` in a LoRALinear; return the wrapped names.
 
-    Only the wrapped layers' base weights are frozen here: call ``mark_trainable(model, "lora")`` next.
+    Only the wrapped layers' base weights are frozen here: call ``mark_trainable(model, "lora")`` next. A wrapped
+    layer whose weight is tied to another parameter (a GPT's LM head) trains, but cannot be merged (see LoRALinear).
     """
     if isinstance(target_names, str):
         target_names = (target_names,)
@@ -220,12 +246,24 @@ def apply_lora(
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child_name, LoRALinear(getattr(parent, child_name), rank, alpha, dropout))
+    _record_ties(model)
     return names
 
 
 def merge_lora(model: nn.Module) -> int:
-    """Merge every LoRALinear's update into its base weight; return how many layers there are."""
+    """Merge every LoRALinear's update into its base weight; return how many layers there are.
+
+    ValueError, before any weight changes, when a wrapped layer's weight is shared with another parameter of the
+    model (a GPT's LM head tied to the token embedding): merging it would change that parameter too.
+    """
     layers = _lora_layers(model)
+    _record_ties(model)
+    tied = {name: list(layer.tied_to) for name, layer in layers if layer.tied_to and not layer.merged}
+    if tied:
+        raise ValueError(
+            f"cannot merge LoRA layers whose weight is shared with other parameters (tied weights), {tied}: merging "
+            "would change those too; keep the adapters unmerged, or untie the weights before apply_lora"
+        )
     for _, layer in layers:
         layer.merge()
     return len(layers)
@@ -330,11 +368,22 @@ def save_checkpoint(module_or_state_dict: nn.Module | Mapping[str, Tensor], path
     return os.path.getsize(path)
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a ``save_checkpoint`` file into ``model`` in place (every tensor must be there, with its shape)."""
+def _load_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a safetensors file; ValueError naming the path when the file is not one (a missing file
+    raises FileNotFoundError, which names it already)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    loaded = load_file(os.fspath(path))
+    try:
+        return load_file(os.fspath(path))
+    except SafetensorError as error:
+        raise ValueError(f"{os.fspath(path)} is not a valid safetensors checkpoint ({error})") from error
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a ``save_checkpoint`` file into ``model`` in place (every tensor must be there, with its shape).
+    ValueError naming the path when the file is not a valid safetensors file."""
+    loaded = _load_safetensors(path)
     _check_state(model.state_dict(), loaded, path)
     _copy_into(model, loaded)
     return model
@@ -354,13 +403,12 @@ def save_lora(model: nn.Module, path: str | os.PathLike) -> int:
 
 
 def load_lora(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a ``save_lora`` adapter into a model that has the same LoRA layers (same targets and rank)."""
-    from safetensors.torch import load_file
-
+    """Load a ``save_lora`` adapter into a model that has the same LoRA layers (same targets and rank).
+    ValueError naming the path when the file is not a valid safetensors file."""
     merged = [name for name, layer in _lora_layers(model) if layer.merged]
     if merged:
         raise ValueError(f"LoRA layers {merged[:3]} are merged: call unmerge_lora(model) before loading an adapter")
-    loaded = load_file(os.fspath(path))
+    loaded = _load_safetensors(path)
     _check_state(lora_state_dict(model), loaded, path)
     _copy_into(model, loaded)
     return model

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from mmcourse.attention import causal_mask, padding_mask
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_positive_int, check_token_ids
 from mmcourse.layers import DecoderLayer, EncoderLayer
 from mmcourse.transformer import Decoder, TransformerConfig
 from mmcourse.vision import PatchEmbedding, VisionTransformer, ViTConfig
@@ -108,6 +108,7 @@ def check_vqa_inputs(images: Tensor, input_ids: Tensor, attention_mask: Tensor, 
                          f"images {images.size(0)} and input_ids {input_ids.size(0)}")  # fmt: skip
     if input_ids.size(1) > config.context_length:
         raise ValueError(f"input_ids has {input_ids.size(1)} tokens, more than context_length={config.context_length}")
+    check_token_ids("input_ids", input_ids, config.vocab_size)
     if (attention_mask.sum(dim=1) == 0).any():
         raise ValueError("attention_mask has a row with no real token: every question needs at least one word")
 
@@ -520,10 +521,12 @@ class ImageCaptioner(nn.Module):
         return (logits, torch.stack(cross_weights)) if need_weights else logits
 
     def forward(self, images: Tensor, tgt_ids: Tensor, tgt_attention_mask: Tensor | None = None) -> Tensor:
-        """Teacher forcing: images (batch, C, H, W), caption prefix (batch, T) → logits (batch, T, vocab_size)."""
+        """Teacher forcing: images (batch, C, H, W), caption prefix (batch, T) → logits (batch, T, vocab_size).
+        The ids' range is checked here, once; ``decode``, which generation calls once per token, leaves it out."""
         if images.dim() != 4 or images.size(0) != tgt_ids.size(0):
             raise ValueError(f"images must be (batch, C, H, W) with the batch of tgt_ids {tuple(tgt_ids.shape)}, got "
                              f"{tuple(images.shape)}")  # fmt: skip
+        check_token_ids("tgt_ids", tgt_ids, self.config.vocab_size)
         return self.decode(tgt_ids, self.encode(images), None, tgt_attention_mask)
 
 

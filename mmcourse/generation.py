@@ -20,7 +20,9 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_finite_number, check_positive_int, check_token_ids
+
+GREEDY_TEMPERATURE = 1e-6  # sampling below this temperature is greedy: logits / temperature could overflow float32
 
 
 @contextlib.contextmanager
@@ -208,8 +210,10 @@ def _check_top_p(top_p: float | None) -> None:
 
 
 def _check_temperature(temperature: float) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    """TypeError unless ``temperature`` is an int or a float (not a bool); ValueError unless it is finite and >= 0."""
+    check_finite_number("temperature", temperature)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature!r}")
 
 
 def top_k_filter(logits: Tensor, top_k: int) -> Tensor:
@@ -263,12 +267,15 @@ def sample_next_token(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """One token id per row of logits (batch, vocab_size) → (batch,): divide by ``temperature``, keep the
-    ``top_k`` and then the ``top_p`` nucleus, sample from the softmax. ``temperature=0`` is the argmax."""
+    ``top_k`` and then the ``top_p`` nucleus, sample from the softmax. ``temperature=0`` is the argmax, and so is
+    any temperature below ``GREEDY_TEMPERATURE`` (1e-6), the limit that sampling approaches as the temperature
+    goes to 0: dividing by a smaller one could overflow float32 into inf and NaN probabilities. The temperature
+    must be a finite int or float >= 0 (TypeError for another type, ValueError for inf, NaN or a negative)."""
     _check_logits(logits)
     _check_temperature(temperature)
     _check_top_k(top_k)
     _check_top_p(top_p)
-    if temperature == 0:
+    if temperature < GREEDY_TEMPERATURE:
         return logits.argmax(dim=-1)  # (batch,)
     logits = logits.float() / temperature  # (batch, vocab_size)
     if top_k is not None:
@@ -295,11 +302,13 @@ def generate(
     (batch, T + new), new <= max_new_tokens.
 
     Each step applies ``repetition_penalty`` (to prompt and generated tokens), then samples with
-    :func:`sample_next_token` (``temperature=0``: greedy). ``use_cache=True`` feeds only the new token and keeps
-    past keys and values in a KV cache; ``use_cache=False`` re-runs the whole sequence each step. Both give the
-    same tokens. With learned positions the model sees at most its last ``context_length`` tokens: past that, the
-    window slides (the cache is then rebuilt each step). With ``eos_id``, a sequence that produced it continues
-    with ``eos_id`` only, and generation stops once every sequence has.
+    :func:`sample_next_token` (``temperature=0``, or below ``GREEDY_TEMPERATURE``: greedy). ``use_cache=True``
+    feeds only the new token and keeps past keys and values in a KV cache; ``use_cache=False`` re-runs the whole
+    sequence each step. Both give the same tokens. With learned positions the model sees at most its last
+    ``context_length`` tokens: past that, the window slides (the cache is then rebuilt each step). With ``eos_id``,
+    a sequence that produced it continues with ``eos_id`` only, and generation stops once every sequence has. The
+    prompt's ids are checked once, here; the generated ones come from the vocabulary, so the steps skip the
+    model's id check.
     """
     from mmcourse.gpt import GPT
 
@@ -308,6 +317,7 @@ def generate(
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.size(1) < 1:
         shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be (batch, T) with T >= 1, got {shape}")
+    check_token_ids("input_ids", input_ids, model.config.vocab_size)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
     _check_temperature(temperature)
@@ -326,12 +336,14 @@ def generate(
     cache = None
     with evaluating(model):
         for _ in range(max_new_tokens):
+            # forward_embeddings(token_embedding(ids)) is model(ids) without its id check, already done above
             if use_cache and cache is not None and cache.length < window:
-                logits = model(tokens[:, -1:], cache=cache)  # (batch, 1, vocab_size): the new token only
+                embeds = model.token_embedding(tokens[:, -1:])  # (batch, 1, d_model): the new token only
             else:
                 context = tokens[:, -window:] if tokens.size(1) > window else tokens  # (batch, ≤ window)
                 cache = model.new_cache() if use_cache else None
-                logits = model(context, cache=cache)  # (batch, ≤ window, vocab_size)
+                embeds = model.token_embedding(context)  # (batch, ≤ window, d_model)
+            logits = model.forward_embeddings(embeds, cache=cache)  # (batch, 1 or ≤ window, vocab_size)
             next_logits = apply_repetition_penalty(logits[:, -1], tokens, repetition_penalty)  # (batch, vocab_size)
             next_token = sample_next_token(next_logits, temperature, top_k, top_p, generator)  # (batch,)
             if eos_id is not None:

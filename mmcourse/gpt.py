@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import fused_attention, scaled_dot_product_attention
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_positive_int, check_token_ids
 from mmcourse.positional import LearnedPositionalEmbedding, RotaryEmbedding, apply_rotary
 
 if TYPE_CHECKING:
@@ -313,11 +313,7 @@ class GPT(nn.Module):
             raise ValueError(f"input_ids must be an integer tensor (batch, T), got {shape}")
         if input_ids.size(1) < 1:
             raise ValueError("input_ids must hold at least one token, got T = 0")
-        if input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size:
-            raise ValueError(
-                f"input_ids must hold ids in [0, vocab_size={self.config.vocab_size}), got "
-                f"{input_ids.min().item()}…{input_ids.max().item()}"
-            )
+        check_token_ids("input_ids", input_ids, self.config.vocab_size)
         return self._check_positions("input_ids", input_ids.size(1), cache)
 
     def _check_positions(self, name: str, length: int, cache: KVCache | None) -> int:

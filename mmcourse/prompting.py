@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_positive_int, check_token_ids
 from mmcourse.gpt import GPT, KVCache
 
 if TYPE_CHECKING:
@@ -251,6 +251,7 @@ class SoftPromptModel(nn.Module):
         """input_ids (batch, T) → logits (batch, T, vocab_size) at the input positions (the prompt's dropped)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, T), got shape {tuple(input_ids.shape)}")
+        check_token_ids("input_ids", input_ids, self.model.config.vocab_size)
         embeds = self.model.token_embedding(input_ids)  # (batch, T, d_model)
         prompt = self.prompt.to(embeds.dtype).expand(input_ids.size(0), -1, -1)  # (batch, n_prompt, d_model)
         logits = self.model.forward_embeddings(torch.cat([prompt, embeds], dim=1))  # (batch, n_prompt + T, V)

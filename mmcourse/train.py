@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmcourse.checks import check_finite_number, check_int
+
 Batch = Any
 LossOutput = Tensor | tuple[Tensor, Mapping[str, float]]
 
@@ -39,25 +41,40 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.learning_rate <= 0:
+        """Check every field: TypeError naming it for a wrong type, ValueError for a wrong value."""
+        check_int("steps", self.steps, minimum=1)
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        check_int("eval_every", self.eval_every, minimum=0)
+        for name in ("learning_rate", "weight_decay", "min_lr_ratio"):
+            check_finite_number(name, getattr(self, name))
+        if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r} is not one of {SCHEDULES}")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if not isinstance(self.betas, (tuple, list)):
+            raise TypeError(f"betas must be a tuple of two numbers, got {type(self.betas).__name__} {self.betas!r}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must hold two numbers (beta1, beta2), got {self.betas!r}")
+        for index, beta in enumerate(self.betas):
+            check_finite_number(f"betas[{index}]", beta)
+            if not 0 <= beta < 1:
+                raise ValueError(f"betas[{index}] must be in [0, 1), got {beta!r}")
+        object.__setattr__(self, "betas", tuple(self.betas))  # frozen: a list becomes a tuple, once
+        if self.grad_clip is not None:
+            check_finite_number("grad_clip", self.grad_clip)
+            if not self.grad_clip > 0:
+                raise ValueError(f"grad_clip must be > 0 or None (no clipping), got {self.grad_clip}")
+        if not isinstance(self.schedule, str):
+            raise TypeError(f"schedule must be a str, one of {SCHEDULES}, got {type(self.schedule).__name__}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} is not one of {SCHEDULES}")
         for name in ("autocast_bf16", "compile", "progress"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
 
 @dataclass

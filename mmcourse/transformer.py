@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import causal_mask, padding_mask
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_positive_int, check_token_ids
 from mmcourse.layers import ACTIVATIONS, DecoderLayer, EncoderLayer, load_torch_decoder_layer, load_torch_encoder_layer
 from mmcourse.positional import SinusoidalPositionalEncoding
 
@@ -168,13 +168,12 @@ class Seq2SeqTransformer(nn.Module):
         if not self.config.tie_output:
             nn.init.normal_(self.output_projection.weight, std=self.config.d_model**-0.5)
 
-    def _check_ids(self, name: str, ids: Tensor, vocab_size: int) -> None:
+    def _check_ids(self, name: str, ids: Tensor, vocab_size: int, size_name: str) -> None:
         if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{name} must be an integer tensor (batch, length), got {ids.dtype} {tuple(ids.shape)}")
         if ids.size(1) < 1 or ids.size(1) > self.config.context_length:
             raise ValueError(f"{name} length {ids.size(1)} must be in [1, context_length={self.config.context_length}]")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise ValueError(f"{name} must hold ids in [0, {vocab_size}), got {ids.min().item()}…{ids.max().item()}")
+        check_token_ids(name, ids, vocab_size, size_name)
 
     def attention_mask_for(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """The (batch, length) 1/0 attention mask: ``attention_mask`` checked, or ``ids != pad_id`` when None."""
@@ -196,7 +195,7 @@ class Seq2SeqTransformer(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """src_ids (batch, S) → memory (batch, S, d_model); with ``need_weights`` also the encoder self-attention
         weights (n_encoder_layers, batch, n_heads, S, S)."""
-        self._check_ids("src_ids", src_ids, self.config.src_vocab_size)
+        self._check_ids("src_ids", src_ids, self.config.src_vocab_size, "src_vocab_size")
         src_attention_mask = self.attention_mask_for(src_ids, src_attention_mask)
         hidden_states = self.embed(src_ids, self.src_embedding)  # (batch, S, d_model)
         memory, weights = self.encoder(hidden_states, padding_mask(src_attention_mask), need_weights)
@@ -218,7 +217,7 @@ class Seq2SeqTransformer(nn.Module):
         the mask that ``encode`` used. With ``need_weights`` returns (logits, self weights, cross weights), the
         weights stacked (n_decoder_layers, batch, n_heads, T, T) and (n_decoder_layers, batch, n_heads, T, S).
         """
-        self._check_ids("tgt_ids", tgt_ids, self.config.tgt_vocab_size)
+        self._check_ids("tgt_ids", tgt_ids, self.config.tgt_vocab_size, "tgt_vocab_size")
         if memory.dim() != 3 or memory.size(0) != tgt_ids.size(0) or memory.size(-1) != self.config.d_model:
             raise ValueError(
                 f"memory must be (batch={tgt_ids.size(0)}, S, d_model={self.config.d_model}), got {tuple(memory.shape)}"

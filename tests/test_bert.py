@@ -94,6 +94,22 @@ def test_bad_inputs_name_the_tensor() -> None:
         model(input_ids, token_type_ids + 1)
 
 
+def test_ids_outside_the_vocabularies_name_the_argument_and_the_range() -> None:
+    """These used to reach nn.Embedding and raise torch's bare 'IndexError: index out of range in self'."""
+    model = BertForPreTraining(TINY)
+    input_ids, token_type_ids, attention_mask = pair_batch()
+    too_large = input_ids.clone()
+    too_large[0, 1] = TINY.vocab_size
+    with pytest.raises(ValueError, match=r"input_ids must hold ids in \[0, vocab_size=60\), got 1 outside .*60…60"):
+        model(too_large, token_type_ids, attention_mask)
+    with pytest.raises(ValueError, match=r"input_ids must hold ids in \[0, vocab_size=60\).*-1…-1"):
+        model.bert(input_ids.masked_fill(attention_mask == 0, -1))
+    with pytest.raises(ValueError, match=r"token_type_ids must hold ids in \[0, type_vocab_size=2\).*-1…-1"):
+        model(input_ids, torch.full_like(token_type_ids, -1), attention_mask)
+    with pytest.raises(TypeError, match="token_type_ids must be an int64 or int32 tensor"):
+        model(input_ids, token_type_ids.float(), attention_mask)
+
+
 # --- masking ------------------------------------------------------------------------------------------------------
 
 

@@ -378,6 +378,28 @@ def test_text_encoder_bad_input() -> None:
         encoder(torch.ones(1, 9, dtype=torch.long), torch.ones(1, 9, dtype=torch.long))
 
 
+def test_text_encoder_names_ids_outside_the_vocabulary() -> None:
+    """These used to reach nn.Embedding and raise torch's bare 'IndexError: index out of range in self'."""
+    encoder = TextEncoder(TEXT)
+    input_ids, attention_mask = token_batch()
+    for bad in (TEXT.vocab_size, -1):
+        with pytest.raises(ValueError, match=rf"input_ids must hold ids in \[0, vocab_size=20\).*{bad}…{bad}"):
+            encoder(input_ids.masked_fill(attention_mask == 0, bad), attention_mask)
+    with pytest.raises(TypeError, match="input_ids must be an int64 or int32 tensor"):
+        encoder(input_ids.float(), attention_mask)
+
+
+@pytest.mark.parametrize("pooling", ["end", "mean"])
+def test_text_encoder_refuses_a_row_of_padding_alone(pooling: str) -> None:
+    """Mean pooling used to return NaN for such a row, silently: it has no token to attend to or to average."""
+    encoder = TextEncoder(TextEncoderConfig(**{**TEXT.__dict__, "pooling": pooling}))
+    input_ids, attention_mask = token_batch()
+    attention_mask[1] = 0
+    with pytest.raises(ValueError, match="attention_mask has a row with no real token"):
+        encoder(input_ids, attention_mask)
+    assert torch.isfinite(encoder(input_ids[:1], attention_mask[:1])).all()
+
+
 def test_clip_model_embeds_on_the_unit_sphere_and_its_loss_is_clip_loss() -> None:
     model = tiny_clip().eval()
     images = torch.rand(2, 3, 16, 16)

@@ -30,6 +30,7 @@ from mmcourse.finetune import (
     save_lora,
     unmerge_lora,
 )
+from mmcourse.gpt import GPT, GPTConfig
 from mmcourse.train import TrainConfig, train
 
 TINY = BertConfig(vocab_size=50, context_length=16, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)
@@ -161,6 +162,46 @@ def test_apply_lora_wraps_the_targets_and_merges_the_whole_model() -> None:
         merge_lora(BertModel(TINY))
 
 
+def tiny_gpt_with_lora(tie_embeddings: bool) -> GPT:
+    """A tiny GPT with LoRA on its LM head and its query projections, B drawn so that the adapters matter."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(40, context_length=16, d_model=32, n_heads=4, n_layers=2, tie_embeddings=tie_embeddings))
+    apply_lora(model.eval(), ("lm_head", "q_proj"), rank=4)
+    for name, parameter in model.named_parameters():
+        if name.endswith("lora_B"):
+            nn.init.normal_(parameter, std=0.1)
+    return model
+
+
+def test_merge_refuses_a_lora_head_tied_to_the_embedding_and_changes_nothing() -> None:
+    """Merging into the tied head used to add B A to the token embedding too: the logits moved by ~17."""
+    model = tiny_gpt_with_lora(tie_embeddings=True)
+    assert model.lm_head.tied_to == ("token_embedding.weight",) and model.blocks[0].attention.q_proj.tied_to == ()
+    input_ids = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with torch.no_grad():
+        before = model(input_ids)
+        with pytest.raises(ValueError, match=r"tied weights.*lm_head.*token_embedding\.weight"):
+            merge_lora(model)
+        with pytest.raises(ValueError, match=r"token_embedding\.weight.*tied weights"):
+            model.lm_head.merge()
+        assert torch.equal(model(input_ids), before)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    assert not any(module.merged for module in model.modules() if isinstance(module, LoRALinear))  # none half-done
+
+
+def test_merge_of_an_untied_gpt_gives_the_same_logits() -> None:
+    model = tiny_gpt_with_lora(tie_embeddings=False)
+    embedding = model.token_embedding.weight.detach().clone()
+    input_ids = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(input_ids)
+        assert merge_lora(model) == 3
+        torch.testing.assert_close(model(input_ids), before, atol=1e-5, rtol=1e-5)
+    assert torch.equal(model.token_embedding.weight, embedding)
+
+
 @pytest.mark.parametrize(
     ("arguments", "field"),
     [({"rank": 0}, "rank"), ({"rank": 2.0}, "rank"), ({"alpha": 0.0}, "alpha"), ({"dropout": 1.0}, "dropout")],
@@ -231,6 +272,25 @@ def test_checkpoint_round_trip_with_tied_weights(tmp_path: Path) -> None:
     assert copy.mlm_head.decoder.weight is copy.bert.embeddings.token_embedding.weight, "still tied"
     with pytest.raises(ValueError, match="missing"):
         load_checkpoint(BertModel(TINY), tmp_path / "model.safetensors")
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"", b"\x08" + bytes(7) + b'{"a": 1}'])
+def test_loading_a_file_that_is_not_safetensors_names_the_path(tmp_path: Path, content: bytes) -> None:
+    """safetensors' own error (e.g. 'header too large') used to come without the file's name."""
+    from safetensors import SafetensorError
+
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(content)
+    model = classifier()
+    apply_lora(model, rank=2)
+    for load in (load_checkpoint, load_lora):
+        with pytest.raises(ValueError, match=f"{path}.* is not a valid safetensors checkpoint") as raised:
+            load(model, path)
+        assert isinstance(raised.value.__cause__, SafetensorError)
+    random_bytes = torch.randint(0, 256, (1000,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    path.write_bytes(bytes(random_bytes.tolist()))
+    with pytest.raises(ValueError, match="not a valid safetensors checkpoint"):
+        load_checkpoint(model, path)
 
 
 def test_lora_adapter_round_trip_is_small(tmp_path: Path) -> None:

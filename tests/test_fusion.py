@@ -168,6 +168,8 @@ def test_other_bad_inputs_are_named() -> None:
         model(images, input_ids, torch.zeros_like(attention_mask))
     with pytest.raises(ValueError, match="input_ids"):
         model(images, input_ids.float(), attention_mask)
+    with pytest.raises(ValueError, match=r"input_ids must hold ids in \[0, vocab_size=20\)"):
+        model(images, torch.cat([input_ids[:, :-1], torch.full((4, 1), CONFIG.vocab_size)], 1), attention_mask)
     with pytest.raises(ValueError, match="d_model"):
         FusionConfig(vocab_size=10, n_answers=3, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="patch_size"):
@@ -229,6 +231,8 @@ def test_captioner_bad_input() -> None:
         model(torch.rand(3, 3, 24, 24), torch.ones(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="tgt_ids"):
         model(torch.rand(2, 3, 24, 24), torch.ones(2, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"tgt_ids must hold ids in \[0, vocab_size=12\)"):
+        model(torch.rand(2, 3, 24, 24), torch.full((2, 4), CAPTIONER.vocab_size))
     with pytest.raises(ValueError, match="src_attention_mask"):
         model.encode(torch.rand(2, 3, 24, 24), torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="beam_size"):

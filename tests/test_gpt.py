@@ -198,6 +198,7 @@ def test_learned_positions_reject_a_sequence_longer_than_the_context() -> None:
         (torch.zeros(3, dtype=torch.long), "integer tensor"),
         (torch.zeros(1, 0, dtype=torch.long), "at least one token"),
         (torch.full((1, 3), VOCAB), "vocab_size=40"),
+        (torch.tensor([[3, -1, 2]]), r"input_ids must hold ids in \[0, vocab_size=40\), got 1 outside .*-1…-1"),
     ],
 )
 def test_bad_input_ids(input_ids: torch.Tensor, message: str) -> None:
@@ -296,6 +297,39 @@ def test_generate_validates_arguments(arguments: dict, field: str) -> None:
         generate(random_model(GPT2_TINY), torch.zeros(3, dtype=torch.long), max_new_tokens=1)
     with pytest.raises(ValueError, match="model"):
         generate(nn.Linear(2, 2), random_ids(1, 3), max_new_tokens=1)
+
+
+def test_generate_checks_the_prompt_ids_once_not_per_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmcourse.generation as generation
+
+    model, prompt = random_model(GPT2_TINY), random_ids(2, 3)
+    greedy = generate(model, prompt, max_new_tokens=5, temperature=0.0)
+    checked, real_check = [], generation.check_token_ids
+
+    def counting_check(*arguments: object) -> None:
+        checked.append(arguments[0])
+        real_check(*arguments)
+
+    monkeypatch.setattr(generation, "check_token_ids", counting_check)
+    monkeypatch.setattr(GPT, "_check_input_ids", lambda *arguments: pytest.fail("the model re-checked the ids"))
+    assert torch.equal(generate(model, prompt, max_new_tokens=5, temperature=0.0), greedy)
+    assert torch.equal(generate(model, prompt, max_new_tokens=5, temperature=0.0, use_cache=False), greedy)
+    assert checked == ["input_ids", "input_ids"]  # once per call
+    with pytest.raises(ValueError, match=r"input_ids must hold ids in \[0, vocab_size=40\)"):
+        generate(model, torch.tensor([[1, VOCAB]]), max_new_tokens=2)
+    with pytest.raises(TypeError, match="input_ids must be an int64 or int32 tensor"):
+        generate(model, prompt.float(), max_new_tokens=2)
+
+
+def test_generate_with_a_tiny_temperature_is_greedy_and_rejects_what_is_not_one() -> None:
+    model, prompt = random_model(GPT2_TINY), random_ids(2, 3)
+    greedy = generate(model, prompt, max_new_tokens=6, temperature=0.0)
+    assert torch.equal(generate(model, prompt, max_new_tokens=6, temperature=1e-40), greedy)
+    for temperature in (float("inf"), float("nan"), -1):
+        with pytest.raises(ValueError, match="temperature"):
+            generate(model, prompt, max_new_tokens=2, temperature=temperature)
+    with pytest.raises(TypeError, match="temperature"):
+        generate(model, prompt, max_new_tokens=2, temperature="1")  # type: ignore[arg-type]
 
 
 # --- parity with Hugging Face transformers ------------------------------------------------------------------------

@@ -126,6 +126,8 @@ def test_soft_prompt_gradients_reach_only_the_prefix() -> None:
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="n_prompt"):
         SoftPromptModel(model, n_prompt=0)
+    with pytest.raises(ValueError, match=r"input_ids must hold ids in \[0, vocab_size="):
+        soft(torch.tensor([[1, -1]]))
 
 
 def test_soft_prompt_learns_a_label() -> None:

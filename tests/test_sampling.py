@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmcourse.generation import apply_repetition_penalty, sample_next_token, top_k_filter, top_p_filter
+from mmcourse.generation import (
+    GREEDY_TEMPERATURE,
+    apply_repetition_penalty,
+    sample_next_token,
+    top_k_filter,
+    top_p_filter,
+)
 
 PROBS = torch.tensor([[0.05, 0.5, 0.1, 0.2, 0.15]])  # sorted: 0.5 (id 1), 0.2 (3), 0.15 (4), 0.1 (2), 0.05 (0)
 LOGITS = PROBS.log()  # (1, 5)
@@ -62,6 +68,28 @@ def test_temperature_zero_is_the_argmax() -> None:
     logits = torch.randn(6, 11, generator=torch.Generator().manual_seed(0))
     assert torch.equal(sample_next_token(logits, temperature=0.0), logits.argmax(-1))
     assert torch.equal(sample_next_token(logits, top_k=1), logits.argmax(-1))
+
+
+def test_a_temperature_below_the_greedy_threshold_is_the_argmax_and_others_sample() -> None:
+    """1e-40 used to pass the check and then make NaN probabilities (logits / 1e-40 overflows float32)."""
+    logits = 10 * torch.randn(6, 11, generator=torch.Generator().manual_seed(0))
+    for temperature in (1e-40, 5e-324, GREEDY_TEMPERATURE / 2):
+        assert torch.equal(sample_next_token(logits, temperature=temperature), logits.argmax(-1))
+        assert torch.equal(sample_next_token(logits, temperature, top_k=3, top_p=0.5), logits.argmax(-1))
+    sampled = sample_next_token(1000 * logits, temperature=GREEDY_TEMPERATURE, generator=torch.Generator())
+    assert torch.equal(sampled, logits.argmax(-1))  # at the threshold it samples, without overflowing
+
+
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan"), -1, -1e-40])
+def test_temperature_must_be_finite_and_not_negative(temperature: float) -> None:
+    with pytest.raises(ValueError, match="temperature must be"):
+        sample_next_token(LOGITS, temperature=temperature)
+
+
+@pytest.mark.parametrize("temperature", ["1", True, None, torch.tensor(1.0)])
+def test_temperature_of_another_type_is_a_type_error(temperature: object) -> None:
+    with pytest.raises(TypeError, match="temperature must be a number"):
+        sample_next_token(LOGITS, temperature=temperature)  # type: ignore[arg-type]
 
 
 def test_seeded_sampling_is_reproducible_and_follows_the_distribution() -> None:

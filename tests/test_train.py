@@ -84,19 +84,57 @@ def test_weight_decay_only_on_matrices() -> None:
     [
         ("steps", 0),
         ("learning_rate", 0.0),
+        ("learning_rate", float("nan")),
+        ("learning_rate", float("inf")),
         ("weight_decay", -1.0),
+        ("weight_decay", float("nan")),
+        ("betas", (0.9,)),
+        ("betas", (0.9, 1.0)),
+        ("betas", (float("nan"), 0.99)),
         ("grad_clip", 0.0),
+        ("grad_clip", float("inf")),
         ("schedule", "linear"),
         ("warmup_steps", 500),
+        ("warmup_steps", -1),
         ("min_lr_ratio", 2.0),
+        ("min_lr_ratio", float("nan")),
         ("eval_every", -1),
-        ("compile", "yes"),
-        ("autocast_bf16", 1),
     ],
 )
 def test_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("steps", 2.5),
+        ("steps", "10"),
+        ("steps", True),
+        ("warmup_steps", 1.0),
+        ("eval_every", None),
+        ("learning_rate", "1e-3"),
+        ("learning_rate", True),
+        ("weight_decay", None),
+        ("betas", 0.9),
+        ("betas", (0.9, "0.99")),
+        ("grad_clip", "1"),
+        ("schedule", None),
+        ("min_lr_ratio", "0.1"),
+        ("compile", "yes"),
+        ("autocast_bf16", 1),
+        ("progress", None),
+    ],
+)
+def test_config_rejects_bad_types_with_type_error(field: str, value: object) -> None:
+    with pytest.raises(TypeError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_config_accepts_ints_for_floats_and_a_list_of_betas() -> None:
+    config = TrainConfig(learning_rate=1, weight_decay=0, betas=[0.9, 0.98], grad_clip=None, min_lr_ratio=0)
+    assert config.betas == (0.9, 0.98) and config.learning_rate == 1
 
 
 def test_bad_loss_and_inputs_fail_clearly() -> None:
