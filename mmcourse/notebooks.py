@@ -656,6 +656,7 @@ async def _execute_one(path: Path, profile: str, timeout: int, exercises: bool) 
     )
     cell_seconds: list[float | None] = [None] * len(source.cells)
     failure: CellFailure | None = None
+    current = 0  # the source cell running now: an added probe counts as its exercise's solution cell
     start, seconds = time.perf_counter(), None
     try:
         async with client.async_setup_kernel():
@@ -664,12 +665,11 @@ async def _execute_one(path: Path, profile: str, timeout: int, exercises: bool) 
                 running.metadata["language_info"] = info["content"]["language_info"]
             for index, cell in enumerate(running.cells[:-1]):
                 began = time.perf_counter()
+                current = origin[index] if origin[index] is not None else origin[index + 1]
                 try:
                     await client.async_execute_cell(cell, index)
                 except CellExecutionError as error:  # the kernel is idle again: it can still report its peaks
-                    failure = CellFailure(
-                        origin[index] if origin[index] is not None else -1, error.ename, error.evalue, str(error)
-                    )
+                    failure = CellFailure(current, error.ename, error.evalue, str(error))
                     break
                 finally:
                     if origin[index] is not None and cell.cell_type == "code":
@@ -677,10 +677,9 @@ async def _execute_one(path: Path, profile: str, timeout: int, exercises: bool) 
             seconds = time.perf_counter() - start
             await client.async_execute_cell(running.cells[-1], len(running.cells) - 1)
             client.set_widgets_metadata()
-    except Exception as error:  # a timeout, a dead kernel, a kernel that did not start
+    except Exception as error:  # a cell that timed out, a dead kernel, a kernel that did not start
         if failure is None:
-            reached = [index for index, value in enumerate(cell_seconds) if value is not None]
-            failure = CellFailure(reached[-1] + 1 if reached else 0, type(error).__name__, str(error))
+            failure = CellFailure(current, type(error).__name__, str(error))
     seconds = time.perf_counter() - start if seconds is None else seconds
 
     probes = []

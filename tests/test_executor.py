@@ -249,3 +249,11 @@ def test_bad_arguments_are_refused_by_name(tmp_path: Path) -> None:
         notebooks.execute([], "fast", threads=0)
     with pytest.raises(ValueError, match=r"chapters: no chapter notebook '09'.*known: 01, 02.*A1"):
         chapter_notebooks(ROOT, ["01", "09"])
+
+
+@uses_a_kernel
+def test_a_cell_that_runs_past_the_timeout_is_named(tmp_path: Path) -> None:
+    slow = write(tmp_path / "01_slow.ipynb", notebook("x = 1", ("md", "text"), "import time\ntime.sleep(30)", "y = 2"))
+    (execution,) = notebooks.execute([slow], "fast", timeout=2, progress=False)
+    assert execution.failure.cell == 2 and "Timeout" in execution.failure.ename
+    assert execution.cell_seconds[3] is None and execution.peaks == {}
