@@ -589,7 +589,8 @@ TQDM_TEXT = re.compile(r"\d+%\|.*\|")
 
 def strip_progress_bars(notebook: dict) -> int:
     """Remove tqdm's progress bars from the outputs (in place): the widget views of its bars, and bars written as
-    text to stderr. Widget state goes too when no widget view is left. Returns the number of outputs removed."""
+    text to stderr — and their widget models from the notebook's widget state, which the page embeds: only the
+    models that the remaining widget views need stay. Returns the number of outputs removed."""
     bars = _progress_models(notebook)
     removed = 0
     for cell in notebook["cells"]:
@@ -605,14 +606,26 @@ def strip_progress_bars(notebook: dict) -> int:
             if not is_bar:
                 kept.append(output)
         cell["outputs"] = kept
-    views_left = any(
-        "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+    views_left = [
+        output["data"]["application/vnd.jupyter.widget-view+json"].get("model_id")
         for cell in notebook["cells"]
         if cell["cell_type"] == "code"
         for output in cell.get("outputs", [])
-    )
+        if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+    ]
+    widgets = notebook.get("metadata", {}).get("widgets", {}).get("application/vnd.jupyter.widget-state+json")
     if not views_left:
         notebook.get("metadata", {}).pop("widgets", None)
+    elif widgets is not None:  # keep the models the remaining views need, and only those
+        models = widgets.get("state", {})
+        needed, todo = set(), list(views_left)
+        while todo:
+            key = todo.pop()
+            if key in needed or key not in models:
+                continue
+            needed.add(key)
+            todo += re.findall(r"IPY_MODEL_(\w+)", json.dumps(models[key].get("state", {})))
+        widgets["state"] = {key: model for key, model in models.items() if key in needed}
     return removed
 
 

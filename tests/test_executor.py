@@ -125,9 +125,18 @@ def test_progress_bars_leave_the_outputs_and_everything_else_stays() -> None:
         nbformat.v4.new_output("stream", name="stderr", text="train:  50%|█████     | 1/2 [00:01<00:01]\r"),
         nbformat.v4.new_output("stream", name="stdout", text="kept\n"),
     ]
+    explorer = nbformat.v4.new_output(
+        "display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "0a"}}
+    )
+    made.cells[0].outputs.append(explorer)  # a widget that stays: its models stay, the bar's go
+    state = made.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    state["0a"] = {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_0b"]}}
+    state["0b"] = {"model_name": "IntSliderModel", "state": {}}
     assert strip_progress_bars(made) == 2
-    assert [output.get("text") for output in made.cells[0].outputs] == ["kept\n"]
-    assert "widgets" not in made.metadata  # no widget is left to show
+    assert [output.get("text") for output in made.cells[0].outputs] == ["kept\n", None]
+    assert sorted(made.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]) == ["0a", "0b"]
+    made.cells[0].outputs.pop()
+    assert strip_progress_bars(made) == 0 and "widgets" not in made.metadata  # no widget is left to show
 
 
 def test_exercise_problems_name_what_a_student_would_meet() -> None:
