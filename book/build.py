@@ -38,7 +38,7 @@ def write_config(profile: str, execute: bool) -> Path:
     """The book's config for this build: execute with a per-profile cache, or not at all."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config["execute"]["execute_notebooks"] = "cache" if execute else "off"
-    config["execute"]["cache"] = str(cache_dir(profile))
+    config["execute"]["cache"] = str(notebooks.cache_dir(ROOT, profile))
     # The derived config lives in _build/config: make the paths in it absolute, as they were meant from the root.
     sphinx = config["sphinx"]
     sphinx["local_extensions"] = {name: str(ROOT / path) for name, path in sphinx["local_extensions"].items()}
@@ -53,10 +53,6 @@ def write_config(profile: str, execute: bool) -> Path:
     return path
 
 
-def cache_dir(profile: str) -> Path:
-    return ROOT / "_build" / ".jupyter_cache" / profile
-
-
 def reports_dir(profile: str) -> Path:
     return ROOT / "_build" / "execution" / profile
 
@@ -64,10 +60,10 @@ def reports_dir(profile: str) -> Path:
 def expected_seconds(profile: str) -> dict[str, float]:
     """How long each chapter took on this machine in this profile, from its committed runbook file ({} if none)."""
     from mmcourse.device import machine_name
-    from mmcourse.runbook import read_runbook, runbook_path
+    from mmcourse.runbook import runbook_times
 
-    path = runbook_path(ROOT / "book" / "runbook", machine_name(), profile)
-    return {run.chapter: run.seconds for run in read_runbook(path).chapters} if path.is_file() else {}
+    runs = runbook_times(ROOT / "book" / "runbook", machine_name(), profile)
+    return {chapter: run.seconds for chapter, run in runs.items()}
 
 
 def execute(profile: str, workers: int | None, threads: int | None) -> bool:
@@ -95,7 +91,7 @@ def execute(profile: str, workers: int | None, threads: int | None) -> bool:
     for execution in executions:
         report = notebooks.write_report(execution, reports_dir(profile))
         if execution.ok:
-            notebooks.cache(execution, cache_dir(profile))
+            notebooks.cache(execution, notebooks.cache_dir(ROOT, profile))
         where = report.with_suffix(".traceback.txt") if execution.failure else report
         problems += [f"{problem} (see {where.relative_to(ROOT)})" for problem in execution.problems()]
     print(f"Executed in {time.perf_counter() - start:.0f} s; reports in {reports_dir(profile).relative_to(ROOT)}")

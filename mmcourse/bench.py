@@ -44,16 +44,17 @@ from mmcourse.clip import CLIP, CLIPConfig, TextEncoder, TextEncoderConfig
 from mmcourse.device import describe, machine_name
 from mmcourse.generation import generate
 from mmcourse.gpt import GPT, GPTConfig, next_token_loss, to_hf_gpt2
+from mmcourse.notebooks import cache_dir as notebook_cache_dir
 from mmcourse.notebooks import chapter_notebooks, cores, environment
 from mmcourse.notebooks import execute as execute_notebooks
 from mmcourse.results import repository_root
+from mmcourse.runbook import runbook_times
 from mmcourse.train import TrainConfig, uses_bf16
 from mmcourse.vision import VisionTransformer, ViTConfig
 
 if TYPE_CHECKING:
     import transformers
 
-    from mmcourse.runbook import ChapterRun
 
 ATTENTION_IMPLEMENTATIONS = ("explicit", "fused")
 
@@ -678,17 +679,6 @@ def cached_execution_times(cache_dir: Path, notebooks: Sequence[Path]) -> dict[s
     return found
 
 
-def runbook_times(folder: Path, machine: str, profile: str) -> dict[str, ChapterRun]:
-    """The chapters that ``make runbook`` measured on ``machine`` in ``profile`` and that ran to the end, by file
-    stem, from the runbook files in ``folder``; {} when there are none."""
-    from mmcourse.runbook import load_runbooks
-
-    for runbook in load_runbooks(folder):
-        if (runbook.machine, runbook.profile) == (machine, profile):
-            return {run.chapter: run for run in runbook.chapters if run.ok}
-    return {}
-
-
 def notebooks_section(root: Path | None, execute: bool, timeout: int = 600) -> Section:
     """Each chapter's execution time: the fast profile executed now (when ``execute``), the cpu profile as the last
     ``make book`` recorded it or, failing that, as ``make runbook`` measured it on this machine (re-running it would
@@ -696,7 +686,7 @@ def notebooks_section(root: Path | None, execute: bool, timeout: int = 600) -> S
     title, ours, reference = "Chapter notebooks, execution time", "fast profile", f"{PROFILE_CACHE} profile"
     if root is None:
         return Section("notebooks", title, ours, reference, (), "not measured: mmcourse is not run from a checkout")
-    cache_dir = Path(root) / "_build" / ".jupyter_cache" / PROFILE_CACHE
+    cache_dir = notebook_cache_dir(root, PROFILE_CACHE)
     paths = [path for path in chapter_notebooks(root) if path.stem[:2].isdigit()]  # the chapters, not appendices
     cached = cached_execution_times(cache_dir, paths)
     runbook_runs = runbook_times(Path(root) / "book" / "runbook", machine_name(), PROFILE_CACHE)

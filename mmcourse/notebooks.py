@@ -695,14 +695,15 @@ async def _execute_one(path: Path, profile: str, timeout: int, exercises: bool) 
             failure = CellFailure(current, type(error).__name__, str(error))
     seconds = time.perf_counter() - start if seconds is None else seconds
 
-    probes = []
+    probes, checkers = [], dict(exercise_cells(source))
     for index, cell in enumerate(running.cells):
         if origin[index] is None and index < len(running.cells) - 1:
             solution = origin[index + 1]
             found = read_marker(cell.get("outputs", []), PROBE_MARKER)
             if found is not None:
-                checker = dict(exercise_cells(source)).get(solution)
-                probes.append(ExerciseProbe(solution, checker, found["stub"], found["checker"], found["said"]))
+                probes.append(
+                    ExerciseProbe(solution, checkers.get(solution), found["stub"], found["checker"], found["said"])
+                )
     executed = copy.deepcopy(source)  # the source's cells and metadata exactly, with the run's outputs
     for index, cell in enumerate(running.cells):
         if origin[index] is not None and cell.cell_type == "code":
@@ -891,6 +892,12 @@ def read_report(path: Path) -> Execution:
     data["failure"] = CellFailure(**data["failure"]) if data["failure"] else None
     data["exercises"] = [ExerciseProbe(**probe) for probe in data["exercises"]]
     return Execution(**data)
+
+
+def cache_dir(root: Path, profile: str) -> Path:
+    """The jupyter-cache folder of one profile's executed notebooks in the repository at ``root``: MyST-NB's cache
+    keys on a notebook's code only, not on ``MMCOURSE_PROFILE``, so each profile has its own."""
+    return Path(root) / "_build" / ".jupyter_cache" / profile
 
 
 def cache(execution: Execution, cache_dir: Path) -> None:

@@ -206,6 +206,15 @@ def load_runbooks(folder: Path) -> list[Runbook]:
     return sorted(runbooks, key=lambda runbook: (PROFILES.index(runbook.profile), runbook.machine))
 
 
+def runbook_times(folder: Path, machine: str, profile: str) -> dict[str, ChapterRun]:
+    """The chapters that ``make runbook`` measured on ``machine`` in ``profile`` and that ran to the end, by file
+    stem, from the runbook files in ``folder``; {} when there are none."""
+    for runbook in load_runbooks(folder):
+        if (runbook.machine, runbook.profile) == (machine, profile):
+            return {run.chapter: run for run in runbook.chapters if run.ok}
+    return {}
+
+
 def format_minutes(seconds: float) -> str:
     """Minutes with one decimal ("<0.1" below six seconds)."""
     minutes = seconds / 60
