@@ -21,9 +21,9 @@ CHROMIUM := $(shell command -v chromium 2>/dev/null)
 test: setup vendor
 	$(BIN)/ruff check mmcourse tests book notebooks
 	$(BIN)/ruff format --check notebooks
-	$(call pytest,tests,-n $(PYTEST_WORKERS) -p no:cacheprovider --disable-socket --allow-unix-socket --ignore=tests/browser -m "not book" tests,)
+	$(call pytest,tests,-n $(PYTEST_WORKERS) -p no:cacheprovider --disable-socket --allow-unix-socket --ignore=tests/book/browser -m "not book" tests,)
 	MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --workers $(PYTEST_WORKERS) --threads 1
-	$(call pytest,the built book,-p no:cacheprovider --disable-socket --allow-unix-socket -m book tests --ignore=tests/browser,MMCOURSE_REQUIRE_BOOK=1 MMCOURSE_PROFILE=fast )
+	$(call pytest,the built book,-p no:cacheprovider --disable-socket --allow-unix-socket -m book tests --ignore=tests/book/browser,MMCOURSE_REQUIRE_BOOK=1 MMCOURSE_PROFILE=fast )
 	$(if $(CHROMIUM),$(MAKE) --no-print-directory site-test,@echo "Chromium is not installed: skipping the browser tests (make site-test)")
 
 ## make book: the book in _build/html, every notebook executed once in this machine's profile (MMCOURSE_PROFILE),
@@ -36,7 +36,7 @@ book: setup vendor
 ## _build/screenshots/. Builds the book (fast profile, executed) first when there is none. Needs Debian's chromium.
 site-test: setup
 	@test -f _build/html/index.html || MMCOURSE_PROFILE=fast $(BIN)/python book/build.py --workers 2 --threads 1
-	$(call pytest,the built site,-p no:cacheprovider tests/browser)
+	$(call pytest,the built site,-p no:cacheprovider tests/book/browser)
 
 ## make student: student notebooks in student/, solutions cleared, outputs removed
 student: setup
@@ -46,14 +46,14 @@ student: setup
 ## chapter's execution time (fast: run now; cpu: from the last make book); table printed, JSON in _build/bench/.
 ## Under 10 minutes on two cores. BENCH_ARGS passes options: make bench BENCH_ARGS=--quick
 bench: setup
-	$(BIN)/python -m mmcourse.bench $(BENCH_ARGS)
+	$(BIN)/python -m mmcourse.book.bench $(BENCH_ARGS)
 
 ## make runbook: every chapter notebook executed one at a time in this machine's profile (MMCOURSE_PROFILE), its
 ## time and peak memory (GPU, else resident) printed and written to book/runbook/<machine>--<profile>.json for the
 ## book's Runbook page; exit code 1 if a chapter fails or, on a GPU, needs more than a Colab T4's 15 GB.
 ## RUNBOOK_ARGS passes options: make runbook RUNBOOK_ARGS="--chapters 01 04"
 runbook: setup
-	$(BIN)/python -m mmcourse.runbook $(RUNBOOK_ARGS)
+	$(BIN)/python -m mmcourse.book.runbook $(RUNBOOK_ARGS)
 
 lint: setup
 	$(BIN)/ruff check mmcourse tests notebooks book

@@ -3,9 +3,9 @@ book`` / ``make test``).
 
 Executed builds run in three steps:
 
-1. every chapter notebook is checked without running it (``mmcourse.notebooks.glue_problems``: each glue key the
+1. every chapter notebook is checked without running it (``mmcourse.book.notebooks.glue_problems``: each glue key the
    prose uses is recorded, once, on every path; no later cell needs an exercise's solution);
-2. every notebook is executed once by the book's executor (``mmcourse.notebooks.execute``: ``--workers`` at a
+2. every notebook is executed once by the book's executor (``mmcourse.book.notebooks.execute``: ``--workers`` at a
    time, ``--threads`` torch threads each), which also checks each exercise's student version and the glue keys
    this run recorded, writes a report per notebook to ``_build/execution/<profile>/``, and stores the executed
    notebooks in MyST-NB's execution cache (``_build/.jupyter_cache/<profile>``: the cache keys on the notebook's
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from mmcourse import notebooks
+from mmcourse.book import notebooks
+from mmcourse.book.profiles import current_profile
+from mmcourse.book.results import results_dir
 from mmcourse.checks import positive_int_argument
-from mmcourse.profiles import current_profile
-from mmcourse.results import results_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,8 +59,8 @@ def reports_dir(profile: str) -> Path:
 
 def expected_seconds(profile: str) -> dict[str, float]:
     """How long each chapter took on this machine in this profile, from its committed runbook file ({} if none)."""
-    from mmcourse.device import machine_name
-    from mmcourse.runbook import runbook_times
+    from mmcourse.book.device import machine_name
+    from mmcourse.book.runbook import runbook_times
 
     runs = runbook_times(ROOT / "book" / "runbook", machine_name(), profile)
     return {chapter: run.seconds for chapter, run in runs.items()}

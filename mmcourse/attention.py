@@ -166,48 +166,6 @@ def mha_parameter_count(d_model: int, bias: bool = True) -> int:
     return 4 * d_model * d_model + (4 * d_model if bias else 0)
 
 
-def to_torch_multihead(attention: MultiHeadAttention) -> nn.MultiheadAttention:
-    """A ``torch.nn.MultiheadAttention`` (batch_first) holding a copy of ``attention``'s weights."""
-    bias = attention.q_proj.bias is not None
-    reference = nn.MultiheadAttention(
-        attention.d_model, attention.n_heads, dropout=attention.dropout, bias=bias, batch_first=True
-    )
-    projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-    with torch.no_grad():
-        reference.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))  # (3·d_model, d_model)
-        reference.out_proj.weight.copy_(attention.out_proj.weight)
-        if bias:
-            reference.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
-            reference.out_proj.bias.copy_(attention.out_proj.bias)
-    return reference.to(attention.out_proj.weight.device)
-
-
-def load_torch_multihead(attention: MultiHeadAttention, reference: nn.MultiheadAttention) -> MultiHeadAttention:
-    """Copy a ``torch.nn.MultiheadAttention``'s weights into ``attention`` (same d_model, heads and bias)."""
-    if reference.embed_dim != attention.d_model or reference.num_heads != attention.n_heads:
-        raise ValueError(
-            f"shapes differ: torch has embed_dim={reference.embed_dim}, num_heads={reference.num_heads}; ours has "
-            f"d_model={attention.d_model}, n_heads={attention.n_heads}"
-        )
-    if not reference._qkv_same_embed_dim:
-        raise ValueError("only torch layers with kdim = vdim = embed_dim can be loaded")
-    has_bias = reference.in_proj_bias is not None
-    if has_bias != (attention.q_proj.bias is not None):
-        raise ValueError(f"bias differs: torch bias={has_bias}, ours bias={attention.q_proj.bias is not None}")
-    weights = reference.in_proj_weight.chunk(3)
-    biases = reference.in_proj_bias.chunk(3) if has_bias else (None, None, None)
-    with torch.no_grad():
-        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-        for projection, weight, bias in zip(projections, weights, biases, strict=True):
-            projection.weight.copy_(weight)
-            if bias is not None:
-                projection.bias.copy_(bias)
-        attention.out_proj.weight.copy_(reference.out_proj.weight)
-        if has_bias:
-            attention.out_proj.bias.copy_(reference.out_proj.bias)
-    return attention
-
-
 def attention_entropy(attn_weights: Tensor) -> Tensor:
     """Entropy (nats) of each row of attention weights: ln S for uniform attention, 0 for one-hot."""
     p = attn_weights.clamp_min(torch.finfo(attn_weights.dtype).tiny)

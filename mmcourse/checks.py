@@ -15,8 +15,10 @@ if TYPE_CHECKING:
 
 
 def check_positive_int(name: str, value: object) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is an int >= 1 (a bool does not count as an int)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """TypeError naming ``name`` unless ``value`` is an int (a bool does not count); ValueError unless it is >= 1."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 

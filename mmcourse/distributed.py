@@ -495,7 +495,7 @@ def run_worker(
     Trains one fresh, identically seeded model per strategy; rank 0 writes ``out/<strategy>.json`` and ``.pt``."""
     import torch.distributed as dist
 
-    from mmcourse.device import set_seed
+    from mmcourse.train import set_seed
 
     if not isinstance(config, DistributedConfig):
         raise ValueError(f"config must be a DistributedConfig, got {type(config).__name__}")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmcourse.attention import MultiHeadAttention, load_torch_multihead
+from mmcourse.attention import MultiHeadAttention
 from mmcourse.checks import check_positive_int
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
@@ -153,53 +153,3 @@ class DecoderLayer(nn.Module):
         return x, self_weights, cross_weights
 
 
-def _torch_activation_name(torch_layer: nn.Module) -> str:
-    activation = torch_layer.activation
-    if activation is F.relu or isinstance(activation, nn.ReLU):
-        return "relu"
-    if activation is F.gelu or (isinstance(activation, nn.GELU) and activation.approximate == "none"):
-        return "gelu"
-    raise ValueError(f"torch layer activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
-
-
-def _check_torch_layer(ours: EncoderLayer | DecoderLayer, torch_layer: nn.Module) -> None:
-    if torch_layer.norm_first != ours.norm_first:
-        raise ValueError(f"norm_first differs: torch has {torch_layer.norm_first}, ours has {ours.norm_first}")
-    if torch_layer.linear1.out_features != ours.feed_forward.linear1.out_features:
-        raise ValueError(
-            f"d_ff differs: torch has {torch_layer.linear1.out_features}, "
-            f"ours has {ours.feed_forward.linear1.out_features}"
-        )
-    activation = _torch_activation_name(torch_layer)
-    if activation != ours.feed_forward.activation_name:
-        raise ValueError(
-            f"activation differs: torch has {activation!r}, ours has {ours.feed_forward.activation_name!r}"
-        )
-
-
-def _copy_module(target: nn.Module, source: nn.Module) -> None:
-    target.load_state_dict(source.state_dict())
-
-
-def load_torch_encoder_layer(ours: EncoderLayer, torch_layer: nn.TransformerEncoderLayer) -> EncoderLayer:
-    """Copy a ``torch.nn.TransformerEncoderLayer``'s weights into ``ours`` (same sizes, norm_first, activation)."""
-    _check_torch_layer(ours, torch_layer)
-    load_torch_multihead(ours.self_attention, torch_layer.self_attn)
-    _copy_module(ours.feed_forward.linear1, torch_layer.linear1)
-    _copy_module(ours.feed_forward.linear2, torch_layer.linear2)
-    _copy_module(ours.norm1, torch_layer.norm1)
-    _copy_module(ours.norm2, torch_layer.norm2)
-    return ours
-
-
-def load_torch_decoder_layer(ours: DecoderLayer, torch_layer: nn.TransformerDecoderLayer) -> DecoderLayer:
-    """Copy a ``torch.nn.TransformerDecoderLayer``'s weights into ``ours`` (same sizes, norm_first, activation)."""
-    _check_torch_layer(ours, torch_layer)
-    load_torch_multihead(ours.self_attention, torch_layer.self_attn)
-    load_torch_multihead(ours.cross_attention, torch_layer.multihead_attn)
-    _copy_module(ours.feed_forward.linear1, torch_layer.linear1)
-    _copy_module(ours.feed_forward.linear2, torch_layer.linear2)
-    _copy_module(ours.norm1, torch_layer.norm1)
-    _copy_module(ours.norm2, torch_layer.norm2)
-    _copy_module(ours.norm3, torch_layer.norm3)
-    return ours

@@ -9,20 +9,61 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmcourse.checks import check_finite_number, check_int
+from mmcourse.checks import check_finite_number, check_int, check_positive_int
 
 Batch = Any
+IGNORE_INDEX = -100  # a target with this value gets no loss (F.cross_entropy's default ignore_index)
 LossOutput = Tensor | tuple[Tensor, Mapping[str, float]]
 
 SCHEDULES = ("constant", "cosine")
+
+
+def best_device() -> torch.device:
+    """CUDA if available, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch (all devices) so sampling repeats exactly."""
+    check_int("seed", seed, minimum=0)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (the trainable ones only, with ``trainable_only``); a shared tensor counts once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def batch_indices(step: int, batch_size: int, *highs: int) -> Tensor:
+    """Batch number ``step``: ``batch_size`` random indices in [0, high) for each ``high``, from a generator seeded
+    by the step, so batch ``step`` is the same in every run whatever ran before it. One high gives (batch_size,);
+    several give one row each, (len(highs), batch_size), drawn in order: ``index, which = batch_indices(...)``."""
+    check_int("step", step, minimum=0)
+    check_positive_int("batch_size", batch_size)
+    if not highs:
+        raise ValueError("batch_indices needs at least one high (the number of items to draw from)")
+    for high in highs:
+        check_positive_int("high", high)
+    generator = torch.Generator().manual_seed(step)
+    rows = [torch.randint(high, (batch_size,), generator=generator) for high in highs]  # each (batch_size,)
+    return rows[0] if len(rows) == 1 else torch.stack(rows)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mmcourse.attention import causal_mask, padding_mask
 from mmcourse.checks import check_positive_int, check_token_ids
-from mmcourse.layers import ACTIVATIONS, DecoderLayer, EncoderLayer, load_torch_decoder_layer, load_torch_encoder_layer
+from mmcourse.layers import ACTIVATIONS, DecoderLayer, EncoderLayer
 from mmcourse.positional import SinusoidalPositionalEncoding
 
 
@@ -281,42 +281,3 @@ def warmup_inverse_sqrt(step: int, d_model: int, warmup: int) -> float:
     return d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
 
 
-def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters, each shared (tied) tensor counted once."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def load_torch_transformer(model: Seq2SeqTransformer, torch_transformer: nn.Transformer) -> Seq2SeqTransformer:
-    """Copy a ``torch.nn.Transformer`` (batch_first=True)'s encoder and decoder stacks into ``model``.
-
-    nn.Transformer has no embeddings or output projection (those stay as they are) and always ends each stack
-    in a LayerNorm: ``model`` needs ``final_norm`` on (set ``final_norm=True`` for a post-LN model).
-    """
-    config = model.config
-    torch_encoder, torch_decoder = torch_transformer.encoder, torch_transformer.decoder
-    if len(torch_encoder.layers) != config.n_encoder_layers or len(torch_decoder.layers) != config.n_decoder_layers:
-        raise ValueError(
-            f"layer counts differ: torch has {len(torch_encoder.layers)} encoder / {len(torch_decoder.layers)} "
-            f"decoder layers, ours n_encoder_layers={config.n_encoder_layers}, "
-            f"n_decoder_layers={config.n_decoder_layers}"
-        )
-    if torch_transformer.d_model != config.d_model or torch_transformer.nhead != config.n_heads:
-        raise ValueError(
-            f"sizes differ: torch has d_model={torch_transformer.d_model}, nhead={torch_transformer.nhead}; ours "
-            f"d_model={config.d_model}, n_heads={config.n_heads}"
-        )
-    if not torch_transformer.batch_first:
-        raise ValueError("torch_transformer must be built with batch_first=True")
-    if (torch_encoder.norm is None) != (model.encoder.norm is None) or (torch_decoder.norm is None) != (
-        model.decoder.norm is None
-    ):
-        raise ValueError("final_norm differs: nn.Transformer ends each stack in a LayerNorm; set final_norm=True")
-    for ours, theirs in zip(model.encoder.layers, torch_encoder.layers, strict=True):
-        load_torch_encoder_layer(ours, theirs)
-    for ours, theirs in zip(model.decoder.layers, torch_decoder.layers, strict=True):
-        load_torch_decoder_layer(ours, theirs)
-    with torch.no_grad():
-        for ours, theirs in ((model.encoder.norm, torch_encoder.norm), (model.decoder.norm, torch_decoder.norm)):
-            if ours is not None:
-                ours.load_state_dict(theirs.state_dict())
-    return model

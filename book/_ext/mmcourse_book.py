@@ -22,8 +22,8 @@ from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
 if TYPE_CHECKING:
-    from mmcourse.results import Result
-    from mmcourse.runbook import Runbook
+    from mmcourse.book.results import Result
+    from mmcourse.book.runbook import Runbook
 
 RESULTS_DOCNAMES = ("book/instructor", "book/results")  # the pages that use {results-table}
 MEASUREMENTS = Path(__file__).resolve().parents[1] / "measurements"  # book/measurements/<profile>/<chapter>.json
@@ -31,7 +31,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 class ResultsTable(Directive):
-    """``{results-table}``: every value recorded with ``mmcourse.results.record``, one row per figure and one column
+    """``{results-table}``: every recorded value (``mmcourse.book.results``), one row per figure and one column
     per profile side by side (fast, cpu, gpu), then a line per profile saying where its numbers come from (this
     build, or the committed measurements in book/measurements) and the machine, date and torch version.
 
@@ -44,7 +44,7 @@ class ResultsTable(Directive):
     option_spec = {"names": directives.unchanged_required, "chapter": directives.unchanged_required}
 
     def run(self) -> list[nodes.Node]:
-        from mmcourse.results import load, results_dir, with_measurements
+        from mmcourse.book.results import load, results_dir, with_measurements
 
         directory = results_dir()
         built = load(directory)
@@ -77,7 +77,7 @@ def _record_calls(chapter: str) -> tuple:
     """The record() calls of the notebook whose stem is ``chapter`` (in lower case, as results name chapters)."""
     import nbformat
 
-    from mmcourse.notebooks import record_calls
+    from mmcourse.book.notebooks import record_calls
 
     found = [path for path in NOTEBOOKS.glob("*.ipynb") if path.stem.lower() == chapter]
     return tuple(record_calls(nbformat.read(str(found[0]), as_version=4))) if found else ()
@@ -103,8 +103,8 @@ def results_rows(results: list[Result], with_chapter: bool) -> tuple[list[str], 
     """Headers and rows of a results table: one row per (chapter, name), the value with its unit in each profile's
     column ("—" where that profile has not measured it), and what the figure is (its notes; a note that differs
     between profiles is shown per profile)."""
-    from mmcourse.profiles import PROFILES
-    from mmcourse.results import format_value
+    from mmcourse.book.profiles import PROFILES
+    from mmcourse.book.results import format_value
 
     profiles = [profile for profile in PROFILES if any(result.profile == profile for result in results)]
     figures: dict[tuple[str, str], dict[str, Result]] = {}
@@ -224,12 +224,12 @@ RUNBOOK = Path(__file__).resolve().parents[1] / "runbook"  # book/runbook/<machi
 
 class RunbookTable(SphinxDirective):
     """``{runbook-table}``: one row per chapter notebook, and for each machine and profile measured with
-    ``python -m mmcourse.runbook`` its minutes and peak memory, read from the files in book/runbook."""
+    ``python -m mmcourse.book.runbook`` its minutes and peak memory, read from the files in book/runbook."""
 
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        from mmcourse.notebooks import chapter_notebooks
+        from mmcourse.book.notebooks import chapter_notebooks
 
         for path in sorted(RUNBOOK.glob("*.json")):
             self.env.note_dependency(str(path))
@@ -241,7 +241,7 @@ class RunbookTable(SphinxDirective):
 def runbook_table(chapters: list[str], runbooks: list[Runbook]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the runbook table: a row per chapter, two columns (minutes, peak memory in GiB) per
     runbook. Memory is the GPU peak when measured on a GPU, else the peak resident memory; "—": not measured."""
-    from mmcourse.runbook import format_gib, format_minutes
+    from mmcourse.book.runbook import format_gib, format_minutes
 
     headers = ["chapter"]
     for runbook in runbooks:
@@ -279,7 +279,7 @@ def runbook_caption(runbook: Runbook) -> str:
 def runbook_nodes(folder: Path, chapters: list[str]) -> list[nodes.Node]:
     """The runbook table and a caption line per file of ``folder``; a paragraph saying how to fill it when there
     is no file."""
-    from mmcourse.runbook import load_runbooks
+    from mmcourse.book.runbook import load_runbooks
 
     runbooks = load_runbooks(folder)
     if not runbooks:
@@ -287,7 +287,7 @@ def runbook_nodes(folder: Path, chapters: list[str]) -> list[nodes.Node]:
         paragraph += nodes.Text("Run ")
         paragraph += nodes.literal(text="make runbook")
         paragraph += nodes.Text(" (or ")
-        paragraph += nodes.literal(text="python -m mmcourse.runbook --profile gpu")
+        paragraph += nodes.literal(text="python -m mmcourse.book.runbook --profile gpu")
         paragraph += nodes.Text(") on a machine and commit the file it writes: the table then shows that machine.")
         return [paragraph]
     headers, rows = runbook_table(chapters, runbooks)
