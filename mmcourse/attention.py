@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmcourse.checks import check_positive_int
+
 
 def causal_mask(length: int, device: torch.device | str | None = None) -> Tensor:
     """(length, length) boolean mask, True on and below the diagonal: position i may attend to j <= i."""
-    if not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be a positive int, got {length!r}")
+    check_positive_int("length", length)
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
@@ -28,36 +29,27 @@ def padding_mask(attention_mask: Tensor) -> Tensor:
     return attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, S)
 
 
-def check_mask(mask: Tensor, scores_shape: tuple[int, ...]) -> None:
-    """Raise ValueError unless ``mask`` is boolean and broadcasts to ``scores_shape`` (…, L, S)."""
+def _shapes(q: Tensor, k: Tensor, v: Tensor) -> str:
+    return f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
+    """Shapes only (no data is read): q (…, L, d_k), k (…, S, d_k), v (…, S, d_v), mask broadcasting to (…, L, S)."""
+    if q.dim() < 2 or not q.shape[:-2] == k.shape[:-2] == v.shape[:-2]:
+        raise ValueError(f"q, k, v must have >= 2 dimensions and share the leading ones, got {_shapes(q, k, v)}")
+    if q.size(-1) != k.size(-1):
+        raise ValueError(f"q and k must have the same last dimension, got {_shapes(q, k, v)}")
+    if k.size(-2) != v.size(-2):
+        raise ValueError(f"k and v must have the same number of positions, got {_shapes(q, k, v)}")
+    if mask is None:
+        return
     if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a boolean tensor (True = may attend), got dtype {mask.dtype}")
+        raise TypeError(f"mask must be a boolean tensor (True = may attend), got dtype {mask.dtype}")
+    scores_shape = (*q.shape[:-1], k.size(-2))  # (…, L, S)
     if mask.dim() > len(scores_shape) or any(
         size not in (1, wanted) for size, wanted in zip(reversed(mask.shape), reversed(scores_shape), strict=False)
     ):
-        raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not broadcast to the attention scores {tuple(scores_shape)} "
-            "(batch, n_heads, L, S)"
-        )
-
-
-def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
-    if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
-        raise ValueError(
-            f"q, k, v must have the same number of dimensions (>= 2), got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)}"
-        )
-    if q.size(-1) != k.size(-1):
-        raise ValueError(f"q and k must have the same last dimension, got q {tuple(q.shape)} and k {tuple(k.shape)}")
-    if k.size(-2) != v.size(-2):
-        raise ValueError(
-            f"k and v must have the same number of positions, got k {tuple(k.shape)} and v {tuple(v.shape)}"
-        )
-    if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
-        raise ValueError(
-            f"q, k, v must share their leading (batch, head) dimensions, got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)}"
-        )
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the attention scores {scores_shape}")
 
 
 def scaled_dot_product_attention(
@@ -67,10 +59,9 @@ def scaled_dot_product_attention(
 
     q: (…, L, d_k), k: (…, S, d_k), v: (…, S, d_v) → output (…, L, d_v), attn_weights (…, L, S).
     """
-    _check_qkv(q, k, v)
+    _check_inputs(q, k, v, mask)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (…, L, S)
     if mask is not None:
-        check_mask(mask, tuple(scores.shape))
         scores = scores.masked_fill(~mask, float("-inf"))  # -inf, not -1e4: exact in every dtype
         has_key = mask.any(dim=-1, keepdim=True)  # (…, L, 1) False for a fully masked query row
         scores = scores.masked_fill(~has_key, 0.0)  # such a row would be all -inf → NaN: give it finite scores …
@@ -84,11 +75,9 @@ def scaled_dot_product_attention(
 
 def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout: float = 0.0) -> Tensor:
     """The same as :func:`scaled_dot_product_attention` with torch's fused kernel; no weights returned."""
-    _check_qkv(q, k, v)
+    _check_inputs(q, k, v, mask)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-    scores_shape = (*q.shape[:-1], k.size(-2))
-    check_mask(mask, scores_shape)
     has_key = mask.any(dim=-1, keepdim=True)  # (…, L, 1)
     output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, dropout_p=dropout)
     return output.masked_fill(~has_key, 0.0)  # a query with no key to look at outputs zeros, as above
@@ -98,16 +87,15 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention: project, split into heads, attend, merge, project (Vaswani et al., 2017).
 
     ``forward(query, key, value)`` with (batch, L, d_model) / (batch, S, d_model) inputs; ``key`` and ``value``
-    default to ``query`` (self-attention). The fused torch kernel runs unless ``need_weights=True``, when the
-    explicit version runs and the per-head weights (batch, n_heads, L, S) come back too.
+    default to ``query`` (self-attention). It always returns (output, attn_weights): the fused torch kernel runs
+    and attn_weights is None, unless ``need_weights=True``, when the explicit version runs and the per-head
+    weights (batch, n_heads, L, S) come back.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
-        if not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
-        if not isinstance(n_heads, int) or n_heads < 1:
-            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+        check_positive_int("d_model", d_model)
+        check_positive_int("n_heads", n_heads)
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
         if not 0.0 <= dropout < 1.0:
@@ -164,12 +152,6 @@ def mha_parameter_count(d_model: int, bias: bool = True) -> int:
     The number of heads does not appear: heads split d_model, they do not add weights.
     """
     return 4 * d_model * d_model + (4 * d_model if bias else 0)
-
-
-def attention_entropy(attn_weights: Tensor) -> Tensor:
-    """Entropy (nats) of each row of attention weights: ln S for uniform attention, 0 for one-hot."""
-    p = attn_weights.clamp_min(torch.finfo(attn_weights.dtype).tiny)
-    return -(attn_weights * p.log()).sum(dim=-1)
 
 
 ATTENTION_PATTERNS = ("previous token", "same token", "next token", "first token", "last token")

@@ -1,12 +1,13 @@
 """BERT: a Transformer encoder pretrained with a masked language model and next sentence prediction (chapter 3).
 
 ``BertModel`` is chapter 2's post-LN ``EncoderLayer`` stack (GELU, LayerNorm eps 1e-12) on top of token + segment
-+ learned position embeddings, with a tanh *pooler* on the [CLS] position. ``BertForPreTraining`` adds BERT's two
-heads: the masked-language-model head (dense → GELU → LayerNorm → a decoder tied to the token embedding, plus a
-bias) and the next-sentence-prediction head (a linear layer on the pooled [CLS] vector → 2 classes).
++ learned position embeddings, with a tanh *pooler* on the [CLS] position; ``attention_weights`` returns its
+attention maps for the same inputs. ``BertForPreTraining`` adds BERT's two heads: the masked-language-model head
+(dense → GELU → LayerNorm → a decoder tied to the token embedding, plus a bias) and the next-sentence-prediction
+head (a linear layer on the pooled [CLS] vector → 2 classes).
 ``mask_tokens`` applies the 15% / 80-10-10 masking rule; ``PretrainingCollator`` turns (segment A, segment B,
-is_next) pairs into a batch. ``to_hf_bert_for_pretraining`` / ``from_hf_bert`` copy weights to and from
-``transformers`` (parameter names differ, shapes do not).
+is_next) pairs into a batch. The models check their inputs' shapes and dtypes, not the ids' values: ids come from
+the tokenizer. The bridges to and from ``transformers`` are in :mod:`mmcourse.convert.bert`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import padding_mask
-from mmcourse.checks import check_positive_int, check_token_ids
+from mmcourse.checks import check_int, check_positive_int
 from mmcourse.layers import EncoderLayer
-
-IGNORE_INDEX = -100  # label value that cross_entropy skips: positions the MLM loss does not score
+from mmcourse.train import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class BertConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
-        if not 0 <= self.pad_id < self.vocab_size:
+        check_int("pad_id", self.pad_id, minimum=0)
+        if self.pad_id >= self.vocab_size:
             raise ValueError(f"pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}")
 
 
@@ -90,36 +91,33 @@ class BertEmbeddings(nn.Module):
 
 @dataclass
 class BertOutput:
-    """What ``BertModel`` returns: one vector per token, the pooled [CLS] vector, and attention when asked."""
+    """What ``BertModel`` returns: one vector per token and the pooled [CLS] vector."""
 
     hidden_states: Tensor  # (batch, L, d_model), the last layer
     pooled_output: Tensor  # (batch, d_model), tanh(dense(hidden_states[:, 0]))
-    attn_weights: list[Tensor] | None = None  # n_layers × (batch, n_heads, L, L) when need_weights=True
 
 
 @dataclass
 class BertPreTrainingOutput(BertOutput):
     """``BertOutput`` plus the two pretraining heads' logits."""
 
-    mlm_logits: Tensor | None = None  # (batch, L, vocab_size)
-    nsp_logits: Tensor | None = None  # (batch, 2): 0 = B follows A, 1 = B is random (BERT's convention)
+    mlm_logits: Tensor  # (batch, L, vocab_size)
+    nsp_logits: Tensor  # (batch, 2): 0 = B follows A, 1 = B is random (BERT's convention)
 
 
 def _check_inputs(
     config: BertConfig, input_ids: Tensor, token_type_ids: Tensor | None, attention_mask: Tensor | None
 ) -> None:
-    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
-        raise ValueError(
-            f"input_ids must be an integer tensor (batch, L), got {input_ids.dtype} {tuple(input_ids.shape)}"
-        )
-    if input_ids.size(1) > config.context_length:
-        raise ValueError(f"input_ids length {input_ids.size(1)} exceeds context_length={config.context_length}")
+    """Dtypes and shapes only: the ids' values are the tokenizer's to get right (reading them would sync a GPU)."""
+    for name, ids in (("input_ids", input_ids), ("token_type_ids", token_type_ids)):
+        if ids is not None and ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name} must be an int64 or int32 tensor of ids, got {ids.dtype}")
+    if input_ids.dim() != 2 or input_ids.size(1) > config.context_length:
+        raise ValueError(f"input_ids must be (batch, L) with L <= context_length={config.context_length}, got "
+                         f"{tuple(input_ids.shape)}")  # fmt: skip
     for name, tensor in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask)):
         if tensor is not None and tensor.shape != input_ids.shape:
             raise ValueError(f"{name} must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(tensor.shape)}")
-    check_token_ids("input_ids", input_ids, config.vocab_size)
-    if token_type_ids is not None:
-        check_token_ids("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
 
 
 class BertModel(nn.Module):
@@ -128,7 +126,7 @@ class BertModel(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         if not isinstance(config, BertConfig):
-            raise ValueError(f"config must be a BertConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be a BertConfig, got {type(config).__name__}")
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList(
@@ -146,14 +144,9 @@ class BertModel(nn.Module):
         self.pooler = nn.Linear(config.d_model, config.d_model)
         self.apply(_init_bert_weights)
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        token_type_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> BertOutput:
-        """input_ids (batch, L); token_type_ids (batch, L), default all 0; attention_mask (batch, L), 1 = real."""
+    def _encode(
+        self, input_ids: Tensor, token_type_ids: Tensor | None, attention_mask: Tensor | None, need_weights: bool
+    ) -> tuple[Tensor, list[Tensor | None]]:
         _check_inputs(self.config, input_ids, token_type_ids, attention_mask)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)  # (batch, L): everything is segment A
@@ -162,9 +155,23 @@ class BertModel(nn.Module):
         all_weights = []
         for layer in self.layers:
             hidden_states, attn_weights = layer(hidden_states, mask, need_weights)  # (batch, L, d_model)
-            all_weights.append(attn_weights)
+            all_weights.append(attn_weights)  # (batch, n_heads, L, L), or None
+        return hidden_states, all_weights
+
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> BertOutput:
+        """input_ids (batch, L); token_type_ids (batch, L), default all 0; attention_mask (batch, L), 1 = real."""
+        hidden_states, _ = self._encode(input_ids, token_type_ids, attention_mask, need_weights=False)
         pooled_output = torch.tanh(self.pooler(hidden_states[:, 0]))  # (batch, d_model), from [CLS]
-        return BertOutput(hidden_states, pooled_output, all_weights if need_weights else None)
+        return BertOutput(hidden_states, pooled_output)
+
+    def attention_weights(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """The self-attention weights of every layer for ``forward``'s inputs: (n_layers, batch, n_heads, L, L)."""
+        _, all_weights = self._encode(input_ids, token_type_ids, attention_mask, need_weights=True)
+        return torch.stack(all_weights)
 
 
 class MaskedLanguageModelHead(nn.Module):
@@ -197,43 +204,16 @@ class BertForPreTraining(nn.Module):
         self.nsp_head.apply(_init_bert_weights)
 
     def forward(
-        self,
-        input_ids: Tensor,
-        token_type_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        need_weights: bool = False,
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None
     ) -> BertPreTrainingOutput:
         """Same inputs as ``BertModel``; adds mlm_logits (batch, L, vocab_size) and nsp_logits (batch, 2)."""
-        output = self.bert(input_ids, token_type_ids, attention_mask, need_weights)
+        output = self.bert(input_ids, token_type_ids, attention_mask)
         return BertPreTrainingOutput(
             hidden_states=output.hidden_states,
             pooled_output=output.pooled_output,
-            attn_weights=output.attn_weights,
             mlm_logits=self.mlm_head(output.hidden_states),  # (batch, L, vocab_size)
             nsp_logits=self.nsp_head(output.pooled_output),  # (batch, 2)
         )
-
-
-def _scored_losses(
-    mlm_logits: Tensor, mlm_labels: Tensor, nsp_logits: Tensor, nsp_labels: Tensor
-) -> tuple[Tensor, dict[str, float]]:
-    """Sum of the MLM and NSP cross-entropies (labels -100 skipped) and their losses and accuracies."""
-    metrics = {}
-    losses = []
-    for name, logits, labels in (("mlm", mlm_logits, mlm_labels), ("nsp", nsp_logits, nsp_labels)):
-        logits = logits.reshape(-1, logits.size(-1))  # (N, classes)
-        labels = labels.reshape(-1)  # (N,)
-        scored = labels != IGNORE_INDEX  # (N,)
-        if not scored.any():
-            continue  # nothing to score: no loss term (cross_entropy would give NaN)
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
-        losses.append(loss)
-        correct = logits[scored].argmax(dim=-1) == labels[scored]  # (scored,)
-        metrics[f"{name}_loss"] = loss.item()
-        metrics[f"{name}_accuracy"] = correct.float().mean().item()
-    if not losses:
-        raise ValueError("every label is -100: there is nothing to score")
-    return torch.stack(losses).sum(), metrics
 
 
 def mean_pool(hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
@@ -246,23 +226,6 @@ def mean_pool(hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
         )
     weights = attention_mask.to(hidden_states.dtype)[..., None]  # (batch, L, 1): 1 on real tokens
     return (hidden_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (batch, d)
-
-
-def pretraining_loss(
-    outputs: BertPreTrainingOutput, mlm_labels: Tensor, nsp_labels: Tensor
-) -> tuple[Tensor, dict[str, float]]:
-    """MLM cross-entropy over the chosen positions + NSP cross-entropy (labels -100 are skipped).
-
-    Returns (loss, {"mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"}), the form ``train`` expects.
-    """
-    mlm_logits, nsp_logits = outputs.mlm_logits, outputs.nsp_logits
-    if mlm_logits is None or nsp_logits is None:
-        raise ValueError("outputs must hold mlm_logits and nsp_logits (from BertForPreTraining)")
-    if mlm_labels.shape != mlm_logits.shape[:-1]:
-        raise ValueError(f"mlm_labels must be (batch, L)={tuple(mlm_logits.shape[:-1])}, got {tuple(mlm_labels.shape)}")
-    if nsp_labels.shape != nsp_logits.shape[:1]:
-        raise ValueError(f"nsp_labels must be (batch,)={tuple(nsp_logits.shape[:1])}, got {tuple(nsp_labels.shape)}")
-    return _scored_losses(mlm_logits, mlm_labels, nsp_logits, nsp_labels)
 
 
 def mask_tokens(
@@ -323,8 +286,7 @@ class PretrainingCollator:
     ) -> None:
         if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("tokenizer must define mask_token and pad_token (a BERT-style WordPiece tokenizer)")
-        if not isinstance(max_length, int) or max_length < 3:
-            raise ValueError(f"max_length must be an int >= 3 ([CLS] A [SEP] B [SEP]), got {max_length!r}")
+        check_int("max_length", max_length, minimum=3)  # [CLS] A [SEP] B [SEP]
         self.tokenizer, self.max_length, self.mlm_probability = tokenizer, max_length, mlm_probability
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
@@ -360,7 +322,43 @@ class PretrainingCollator:
         }
 
 
-def pretraining_step_loss(model: BertForPreTraining, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+def _loss_and_accuracy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy and top-1 accuracy over the labels that are not -100. logits (N, classes), labels (N,)."""
+    scored = labels != IGNORE_INDEX  # (N,)
+    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)  # NaN when no label is scored
+    accuracy = ((logits.argmax(dim=-1) == labels) & scored).sum() / scored.sum()
+    return loss, accuracy
+
+
+def _scored_losses(
+    mlm_logits: Tensor, mlm_labels: Tensor, nsp_logits: Tensor, nsp_labels: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """MLM + NSP cross-entropy, and each task's loss and accuracy as 0-dim tensors (``train`` reads them after the
+    step: no .item() here)."""
+    mlm_loss, mlm_accuracy = _loss_and_accuracy(mlm_logits.reshape(-1, mlm_logits.size(-1)), mlm_labels.reshape(-1))
+    nsp_loss, nsp_accuracy = _loss_and_accuracy(nsp_logits, nsp_labels)
+    metrics = {"mlm_loss": mlm_loss.detach(), "mlm_accuracy": mlm_accuracy,
+               "nsp_loss": nsp_loss.detach(), "nsp_accuracy": nsp_accuracy}  # fmt: skip
+    return mlm_loss + nsp_loss, metrics
+
+
+def pretraining_loss(
+    outputs: BertPreTrainingOutput, mlm_labels: Tensor, nsp_labels: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """MLM cross-entropy over the chosen positions + NSP cross-entropy (labels -100 are skipped).
+
+    Returns (loss, {"mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"}), the form ``train`` expects; each
+    metric is a 0-dim tensor (``float(value)`` reads it).
+    """
+    mlm_logits, nsp_logits = outputs.mlm_logits, outputs.nsp_logits
+    if mlm_labels.shape != mlm_logits.shape[:-1]:
+        raise ValueError(f"mlm_labels must be (batch, L)={tuple(mlm_logits.shape[:-1])}, got {tuple(mlm_labels.shape)}")
+    if nsp_labels.shape != nsp_logits.shape[:1]:
+        raise ValueError(f"nsp_labels must be (batch,)={tuple(nsp_logits.shape[:1])}, got {tuple(nsp_labels.shape)}")
+    return _scored_losses(mlm_logits, mlm_labels, nsp_logits, nsp_labels)
+
+
+def pretraining_step_loss(model: BertForPreTraining, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
     """``loss_fn`` for :func:`mmcourse.train.train` on a collated batch. The same loss as ``pretraining_loss``,
     but the MLM head runs only on the ~15% chosen positions: the vocabulary-sized decoder is most of the cost."""
     output = model.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
@@ -368,8 +366,3 @@ def pretraining_step_loss(model: BertForPreTraining, batch: dict[str, Tensor]) -
     mlm_logits = model.mlm_head(output.hidden_states[chosen])  # (chosen, vocab_size)
     nsp_logits = model.nsp_head(output.pooled_output)  # (batch, 2)
     return _scored_losses(mlm_logits, batch["mlm_labels"][chosen], nsp_logits, batch["nsp_labels"])
-
-
-# ---- conversion to and from transformers -------------------------------------------------------------------------
-
-

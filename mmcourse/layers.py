@@ -19,7 +19,9 @@ from mmcourse.checks import check_positive_int
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
 
-def _check_sizes(d_model: int, n_heads: int, d_ff: int, dropout: float, activation: str) -> None:
+def _check_sizes(
+    d_model: int, n_heads: int, d_ff: int, dropout: float, activation: str, norm_eps: float = 1e-5
+) -> None:
     for name, value in (("d_model", d_model), ("n_heads", n_heads), ("d_ff", d_ff)):
         check_positive_int(name, value)
     if d_model % n_heads:
@@ -28,6 +30,15 @@ def _check_sizes(d_model: int, n_heads: int, d_ff: int, dropout: float, activati
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not one of {tuple(ACTIVATIONS)}")
+    if not norm_eps > 0:
+        raise ValueError(f"norm_eps must be > 0, got {norm_eps!r}")
+
+
+def _check_states(name: str, x: Tensor, d_model: int, batch: int | None = None) -> None:
+    """ValueError unless ``x`` is (batch, length, d_model), with ``batch`` rows when given (shapes only)."""
+    if x.dim() != 3 or x.size(-1) != d_model or batch not in (None, x.size(0)):
+        rows = "batch" if batch is None else f"batch={batch}"
+        raise ValueError(f"{name} must be ({rows}, length, d_model={d_model}), got {tuple(x.shape)}")
 
 
 class FeedForward(nn.Module):
@@ -62,9 +73,7 @@ class EncoderLayer(nn.Module):
         norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        _check_sizes(d_model, n_heads, d_ff, dropout, activation)
-        if not norm_eps > 0:
-            raise ValueError(f"norm_eps must be > 0, got {norm_eps!r}")
+        _check_sizes(d_model, n_heads, d_ff, dropout, activation, norm_eps)
         self.d_model, self.norm_first = d_model, norm_first
         self.self_attention = MultiHeadAttention(d_model, n_heads, dropout)
         self.feed_forward = FeedForward(d_model, d_ff, dropout, activation)
@@ -77,8 +86,7 @@ class EncoderLayer(nn.Module):
         self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """x (batch, L, d_model), mask broadcastable to (batch, n_heads, L, L). Returns (x, attn_weights or None)."""
-        if x.dim() != 3 or x.size(-1) != self.d_model:
-            raise ValueError(f"x must be (batch, length, d_model={self.d_model}), got {tuple(x.shape)}")
+        _check_states("x", x, self.d_model)
         if self.norm_first:
             attended, attn_weights = self.self_attention(self.norm1(x), mask=mask, need_weights=need_weights)
             x = x + self.dropout1(attended)  # (batch, L, d_model)
@@ -104,9 +112,7 @@ class DecoderLayer(nn.Module):
         norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        _check_sizes(d_model, n_heads, d_ff, dropout, activation)
-        if not norm_eps > 0:
-            raise ValueError(f"norm_eps must be > 0, got {norm_eps!r}")
+        _check_sizes(d_model, n_heads, d_ff, dropout, activation, norm_eps)
         self.d_model, self.norm_first = d_model, norm_first
         self.self_attention = MultiHeadAttention(d_model, n_heads, dropout)
         self.cross_attention = MultiHeadAttention(d_model, n_heads, dropout)
@@ -128,12 +134,8 @@ class DecoderLayer(nn.Module):
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """x (batch, T, d_model), memory (batch, S, d_model); self_mask → (batch, n_heads, T, T), memory_mask →
         (batch, n_heads, T, S). Returns (x, self attn_weights or None, cross attn_weights or None)."""
-        if x.dim() != 3 or x.size(-1) != self.d_model:
-            raise ValueError(f"x must be (batch, length, d_model={self.d_model}), got {tuple(x.shape)}")
-        if memory.dim() != 3 or memory.size(-1) != self.d_model or memory.size(0) != x.size(0):
-            raise ValueError(
-                f"memory must be (batch={x.size(0)}, S, d_model={self.d_model}), got {tuple(memory.shape)}"
-            )
+        _check_states("x", x, self.d_model)
+        _check_states("memory", memory, self.d_model, batch=x.size(0))
         if self.norm_first:
             attended, self_weights = self.self_attention(self.norm1(x), mask=self_mask, need_weights=need_weights)
             x = x + self.dropout1(attended)  # (batch, T, d_model)
@@ -151,5 +153,3 @@ class DecoderLayer(nn.Module):
             x = self.norm2(x + self.dropout2(attended))  # (batch, T, d_model)
             x = self.norm3(x + self.dropout3(self.feed_forward(x)))  # (batch, T, d_model)
         return x, self_weights, cross_weights
-
-

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from mmcourse.checks import check_int, check_positive_int
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -24,6 +26,7 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     """Right-pad id lists to the longest. Returns (input_ids (batch, T) int64, attention_mask (batch, T), 1 = real)."""
+    check_int("pad_id", pad_id, minimum=0)
     if len(sequences) == 0:
         raise ValueError("sequences must hold at least one id list")
     longest = max(len(sequence) for sequence in sequences)
@@ -34,6 +37,8 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tens
     for row, sequence in enumerate(sequences):
         input_ids[row, : len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
         attention_mask[row, : len(sequence)] = 1
+    if bool((input_ids < 0).any()):  # once, where the ids enter: the models read them unchecked
+        raise ValueError("sequences must hold token ids >= 0, found a negative id")
     return input_ids, attention_mask
 
 
@@ -107,11 +112,12 @@ BYTE_LEVEL_SPECIAL_TOKEN = "<|endoftext|>"
 
 def _check_training_input(texts: Sequence[str], vocab_size: int, special: int) -> None:
     if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
-        raise ValueError("texts must be a sequence of strings (not one string)")
+        raise TypeError("texts must be a sequence of strings (not one string)")
     if not any(text.strip() for text in texts):
         raise ValueError("texts hold no characters to learn a vocabulary from")
-    if not isinstance(vocab_size, int) or vocab_size <= special:
-        raise ValueError(f"vocab_size must be an int > {special} (the special tokens), got {vocab_size!r}")
+    check_int("vocab_size", vocab_size)
+    if vocab_size <= special:
+        raise ValueError(f"vocab_size must be > {special} (the special tokens), got {vocab_size!r}")
 
 
 def train_wordpiece(
@@ -123,8 +129,7 @@ def train_wordpiece(
     from transformers import PreTrainedTokenizerFast
 
     _check_training_input(texts, vocab_size, len(WORDPIECE_SPECIAL_TOKENS))
-    if not isinstance(min_frequency, int) or min_frequency < 1:
-        raise ValueError(f"min_frequency must be a positive int, got {min_frequency!r}")
+    check_positive_int("min_frequency", min_frequency)
     pad, unk, cls, sep, mask = WORDPIECE_SPECIAL_TOKENS
     tokenizer = Tokenizer(models.WordPiece(unk_token=unk))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)

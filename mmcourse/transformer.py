@@ -3,8 +3,10 @@
 ``Seq2SeqTransformer`` = token embeddings (× √d_model) + sinusoidal positions → an ``Encoder`` stack over the
 source and a ``Decoder`` stack over the target prefix that cross-attends to the encoder output (the *memory*) →
 a linear projection to target-vocabulary logits. ``encode`` and ``decode`` are separate so that generation
-(:mod:`mmcourse.generation`) encodes the source once. ``attention_mask`` arguments have the Hugging Face meaning:
-1 = real token, 0 = padding; when omitted they are derived from ``config.pad_id``.
+(:mod:`mmcourse.generation`) encodes the source once; ``encoder_attention_weights`` / ``decoder_attention_weights``
+take the same inputs and return the attention maps. ``attention_mask`` arguments have the Hugging Face meaning:
+1 = real token, 0 = padding; when omitted they are derived from ``config.pad_id``. The models check shapes and
+dtypes, never the ids' values: ids enter through a tokenizer, which only makes valid ones.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import causal_mask, padding_mask
-from mmcourse.checks import check_positive_int, check_token_ids
+from mmcourse.checks import check_int, check_positive_int
 from mmcourse.layers import ACTIVATIONS, DecoderLayer, EncoderLayer
 from mmcourse.positional import SinusoidalPositionalEncoding
 
@@ -44,6 +46,10 @@ class TransformerConfig:
         sizes = ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "context_length")
         for name in (*sizes, "n_encoder_layers", "n_decoder_layers"):
             check_positive_int(name, getattr(self, name))
+        for name in ("norm_first", "share_embeddings", "tie_output", "final_norm"):
+            if not isinstance(getattr(self, name), bool) and not (name == "final_norm" and self.final_norm is None):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        check_int("pad_id", self.pad_id, minimum=0)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.d_model % 2:
@@ -52,19 +58,11 @@ class TransformerConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation={self.activation!r} is not one of {tuple(ACTIVATIONS)}")
-        for name in ("norm_first", "share_embeddings", "tie_output"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.final_norm is not None and not isinstance(self.final_norm, bool):
-            raise ValueError(f"final_norm must be a bool or None, got {self.final_norm!r}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise ValueError(
-                f"share_embeddings=True needs src_vocab_size == tgt_vocab_size, got {self.src_vocab_size} and "
-                f"{self.tgt_vocab_size}"
-            )
-        smallest = min(self.src_vocab_size, self.tgt_vocab_size)
-        if not isinstance(self.pad_id, int) or isinstance(self.pad_id, bool) or not 0 <= self.pad_id < smallest:
-            raise ValueError(f"pad_id must be an int in [0, {smallest}) (both vocabularies), got {self.pad_id!r}")
+            raise ValueError(f"share_embeddings=True needs src_vocab_size == tgt_vocab_size, got {self.src_vocab_size} "
+                             f"and {self.tgt_vocab_size}")  # fmt: skip
+        if self.pad_id >= min(self.src_vocab_size, self.tgt_vocab_size):
+            raise ValueError(f"pad_id={self.pad_id} must be in both vocabularies (< src_vocab_size, tgt_vocab_size)")
 
     @property
     def use_final_norm(self) -> bool:
@@ -142,7 +140,7 @@ class Seq2SeqTransformer(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         if not isinstance(config, TransformerConfig):
-            raise ValueError(f"config must be a TransformerConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
         self.config = config
         self.src_embedding = nn.Embedding(config.src_vocab_size, config.d_model)
         self.tgt_embedding = (
@@ -168,12 +166,13 @@ class Seq2SeqTransformer(nn.Module):
         if not self.config.tie_output:
             nn.init.normal_(self.output_projection.weight, std=self.config.d_model**-0.5)
 
-    def _check_ids(self, name: str, ids: Tensor, vocab_size: int, size_name: str) -> None:
-        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"{name} must be an integer tensor (batch, length), got {ids.dtype} {tuple(ids.shape)}")
-        if ids.size(1) < 1 or ids.size(1) > self.config.context_length:
-            raise ValueError(f"{name} length {ids.size(1)} must be in [1, context_length={self.config.context_length}]")
-        check_token_ids(name, ids, vocab_size, size_name)
+    def _check_ids(self, name: str, ids: Tensor) -> None:
+        """Dtype and shape only: the values are the tokenizer's to get right (reading them would sync a GPU)."""
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name} must be an int64 or int32 tensor of token ids, got {ids.dtype}")
+        if ids.dim() != 2 or not 1 <= ids.size(1) <= self.config.context_length:
+            raise ValueError(f"{name} must be (batch, length) with 1 <= length <= context_length="
+                             f"{self.config.context_length}, got {tuple(ids.shape)}")  # fmt: skip
 
     def attention_mask_for(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """The (batch, length) 1/0 attention mask: ``attention_mask`` checked, or ``ids != pad_id`` when None."""
@@ -190,17 +189,42 @@ class Seq2SeqTransformer(nn.Module):
         hidden_states = embedding(ids) * math.sqrt(self.config.d_model)  # (batch, length, d_model)
         return self.dropout(self.positional(hidden_states))  # (batch, length, d_model)
 
-    def encode(
-        self, src_ids: Tensor, src_attention_mask: Tensor | None = None, need_weights: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """src_ids (batch, S) → memory (batch, S, d_model); with ``need_weights`` also the encoder self-attention
-        weights (n_encoder_layers, batch, n_heads, S, S)."""
-        self._check_ids("src_ids", src_ids, self.config.src_vocab_size, "src_vocab_size")
-        src_attention_mask = self.attention_mask_for(src_ids, src_attention_mask)
+    def _encode(
+        self, src_ids: Tensor, src_attention_mask: Tensor | None, need_weights: bool
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        self._check_ids("src_ids", src_ids)
+        src_attention_mask = self.attention_mask_for(src_ids, src_attention_mask)  # (batch, S)
         hidden_states = self.embed(src_ids, self.src_embedding)  # (batch, S, d_model)
-        memory, weights = self.encoder(hidden_states, padding_mask(src_attention_mask), need_weights)
-        if need_weights:
-            return memory, torch.stack(weights)  # (batch, S, d_model), (layers, batch, n_heads, S, S)
+        return self.encoder(hidden_states, padding_mask(src_attention_mask), need_weights)
+
+    def _decode(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        src_attention_mask: Tensor | None,
+        tgt_attention_mask: Tensor | None,
+        need_weights: bool,
+    ) -> tuple[Tensor, list[Tensor] | None, list[Tensor] | None]:
+        self._check_ids("tgt_ids", tgt_ids)
+        if memory.dim() != 3 or memory.size(0) != tgt_ids.size(0) or memory.size(-1) != self.config.d_model:
+            raise ValueError(
+                f"memory must be (batch={tgt_ids.size(0)}, S, d_model={self.config.d_model}), got {tuple(memory.shape)}"
+            )
+        tgt_attention_mask = self.attention_mask_for(tgt_ids, tgt_attention_mask)  # (batch, T)
+        causal = causal_mask(tgt_ids.size(1), device=tgt_ids.device)  # (T, T)
+        self_mask = causal & padding_mask(tgt_attention_mask)  # (batch, 1, T, T): causal AND real keys
+        memory_mask = None
+        if src_attention_mask is not None:
+            if src_attention_mask.shape != memory.shape[:2]:
+                raise ValueError(f"src_attention_mask must be (batch, S) = {tuple(memory.shape[:2])}, got "
+                                 f"{tuple(src_attention_mask.shape)}")  # fmt: skip
+            memory_mask = padding_mask(src_attention_mask)  # (batch, 1, 1, S)
+        hidden_states = self.embed(tgt_ids, self.tgt_embedding)  # (batch, T, d_model)
+        return self.decoder(hidden_states, memory, self_mask, memory_mask, need_weights)
+
+    def encode(self, src_ids: Tensor, src_attention_mask: Tensor | None = None) -> Tensor:
+        """src_ids (batch, S) → memory (batch, S, d_model)."""
+        memory, _ = self._encode(src_ids, src_attention_mask, need_weights=False)
         return memory
 
     def decode(
@@ -209,38 +233,14 @@ class Seq2SeqTransformer(nn.Module):
         memory: Tensor,
         src_attention_mask: Tensor | None = None,
         tgt_attention_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    ) -> Tensor:
         """tgt_ids (batch, T), memory (batch, S, d_model) → logits (batch, T, tgt_vocab_size).
 
         ``src_attention_mask`` (batch, S) hides padded memory positions; None attends to every position, so pass
-        the mask that ``encode`` used. With ``need_weights`` returns (logits, self weights, cross weights), the
-        weights stacked (n_decoder_layers, batch, n_heads, T, T) and (n_decoder_layers, batch, n_heads, T, S).
+        the mask that ``encode`` used.
         """
-        self._check_ids("tgt_ids", tgt_ids, self.config.tgt_vocab_size, "tgt_vocab_size")
-        if memory.dim() != 3 or memory.size(0) != tgt_ids.size(0) or memory.size(-1) != self.config.d_model:
-            raise ValueError(
-                f"memory must be (batch={tgt_ids.size(0)}, S, d_model={self.config.d_model}), got {tuple(memory.shape)}"
-            )
-        tgt_attention_mask = self.attention_mask_for(tgt_ids, tgt_attention_mask)
-        causal = causal_mask(tgt_ids.size(1), device=tgt_ids.device)  # (T, T)
-        self_mask = causal & padding_mask(tgt_attention_mask)  # (batch, 1, T, T): causal AND real keys
-        memory_mask = None
-        if src_attention_mask is not None:
-            if src_attention_mask.shape != memory.shape[:2]:
-                raise ValueError(
-                    f"src_attention_mask must be (batch, S) = {tuple(memory.shape[:2])}, got "
-                    f"{tuple(src_attention_mask.shape)}"
-                )
-            memory_mask = padding_mask(src_attention_mask)  # (batch, 1, 1, S)
-        hidden_states = self.embed(tgt_ids, self.tgt_embedding)  # (batch, T, d_model)
-        hidden_states, self_weights, cross_weights = self.decoder(
-            hidden_states, memory, self_mask, memory_mask, need_weights
-        )  # (batch, T, d_model)
-        logits = self.output_projection(hidden_states)  # (batch, T, tgt_vocab_size)
-        if need_weights:
-            return logits, torch.stack(self_weights), torch.stack(cross_weights)
-        return logits
+        hidden_states, _, _ = self._decode(tgt_ids, memory, src_attention_mask, tgt_attention_mask, False)
+        return self.output_projection(hidden_states)  # (batch, T, tgt_vocab_size)
 
     def forward(
         self,
@@ -253,6 +253,23 @@ class Seq2SeqTransformer(nn.Module):
         src_attention_mask = self.attention_mask_for(src_ids, src_attention_mask)
         memory = self.encode(src_ids, src_attention_mask)  # (batch, S, d_model)
         return self.decode(tgt_ids, memory, src_attention_mask, tgt_attention_mask)  # (batch, T, tgt_vocab_size)
+
+    def encoder_attention_weights(self, src_ids: Tensor, src_attention_mask: Tensor | None = None) -> Tensor:
+        """``encode``'s self-attention weights, stacked: (n_encoder_layers, batch, n_heads, S, S)."""
+        _, weights = self._encode(src_ids, src_attention_mask, need_weights=True)
+        return torch.stack(weights)
+
+    def decoder_attention_weights(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        src_attention_mask: Tensor | None = None,
+        tgt_attention_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``decode``'s (self-attention, cross-attention) weights, stacked: (n_decoder_layers, batch, n_heads, T, T)
+        and (n_decoder_layers, batch, n_heads, T, S)."""
+        _, self_weights, cross_weights = self._decode(tgt_ids, memory, src_attention_mask, tgt_attention_mask, True)
+        return torch.stack(self_weights), torch.stack(cross_weights)
 
 
 def sequence_loss(logits: Tensor, labels: Tensor, pad_id: int = 0, label_smoothing: float = 0.0) -> Tensor:
@@ -279,5 +296,3 @@ def warmup_inverse_sqrt(step: int, d_model: int, warmup: int) -> float:
     for name, value in (("step", step), ("d_model", d_model), ("warmup", warmup)):
         check_positive_int(name, value)
     return d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
-
-

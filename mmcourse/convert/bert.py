@@ -1,5 +1,7 @@
-"""Our BERT to and from Hugging Face's ``BertModel`` / ``BertForPreTraining``: the same weights under the other
-library's names, so the parity tests compare hidden states and logits."""
+"""Our BERT to and from Hugging Face's ``BertModel`` / ``BertForPreTraining`` (chapter 3): the same weights under
+the other library's names (shapes are equal), so tests/convert/test_convert_bert.py compares hidden states and
+logits. ``to_hf_bert`` / ``to_hf_bert_for_pretraining`` build a transformers model from ours, ``from_hf_bert``
+builds ours from a transformers model, ``load_hf_bert`` copies into a model that exists."""
 
 from __future__ import annotations
 
@@ -124,7 +126,7 @@ def to_hf_bert(model: BertModel) -> transformers.BertModel:
     import transformers
 
     if not isinstance(model, BertModel):
-        raise ValueError(f"model must be a BertModel, got {type(model).__name__}")
+        raise TypeError(f"model must be a BertModel, got {type(model).__name__}")
     hf_model = transformers.BertModel(_hf_config(model.config), add_pooling_layer=True)
     hf_model.config._attn_implementation = "eager"
     _copy_weights(hf_model, model, _encoder_names(model.config), target_is_ours=False)
@@ -136,7 +138,7 @@ def to_hf_bert_for_pretraining(model: BertForPreTraining) -> transformers.BertFo
     import transformers
 
     if not isinstance(model, BertForPreTraining):
-        raise ValueError(f"model must be a BertForPreTraining, got {type(model).__name__}")
+        raise TypeError(f"model must be a BertForPreTraining, got {type(model).__name__}")
     hf_model = transformers.BertForPreTraining(_hf_config(model.config))
     hf_model.config._attn_implementation = "eager"
     _copy_weights(hf_model, model, _pretraining_names(model.config), target_is_ours=False)
@@ -154,7 +156,7 @@ def load_hf_bert(model: BertModel | BertForPreTraining, hf_model: nn.Module) -> 
     elif isinstance(model, BertModel) and isinstance(hf_model, transformers.BertForPreTraining):
         names, hf_model = _encoder_names(model.config), hf_model.bert  # the encoder only: drop the heads
     else:
-        raise ValueError(
+        raise TypeError(
             f"cannot load a {type(hf_model).__name__} into a {type(model).__name__}: pass a BertModel or "
             "BertForPreTraining from transformers"
         )
@@ -169,7 +171,7 @@ def from_hf_bert(hf_model: nn.Module) -> BertModel | BertForPreTraining:
     import transformers
 
     if not isinstance(hf_model, (transformers.BertModel, transformers.BertForPreTraining)):
-        raise ValueError(
+        raise TypeError(
             f"hf_model must be a transformers BertModel or BertForPreTraining, got {type(hf_model).__name__}"
         )
     config = config_from_hf(hf_model.config)

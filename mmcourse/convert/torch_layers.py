@@ -1,6 +1,7 @@
-"""Bridges to torch's own layers: our attention, encoder and decoder layers and the whole encoder-decoder, loaded
-from (or copied into) ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` / ``DecoderLayer`` and
-``nn.Transformer`` with the same weights, so the parity tests can compare outputs."""
+"""Bridges to torch's own layers (chapters 1 and 2): our attention, encoder and decoder layers and the encoder-decoder
+stacks, loaded from (or, for attention, copied into) ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` /
+``DecoderLayer`` and ``nn.Transformer`` with the same weights, so tests/convert/test_convert_torch_layers.py can
+compare outputs. Every loader raises ValueError naming the setting (size, norm_first, activation) that differs."""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def _check_torch_layer(ours: EncoderLayer | DecoderLayer, torch_layer: nn.Module
         )
 
 
-def _copy_module(target: nn.Module, source: nn.Module) -> None:
+def _copy(target: nn.Module, source: nn.Module) -> None:
+    """Copy ``source``'s parameters into ``target``: two modules of the same kind and size (a Linear, a LayerNorm)."""
     target.load_state_dict(source.state_dict())
 
 
@@ -87,10 +89,10 @@ def load_torch_encoder_layer(ours: EncoderLayer, torch_layer: nn.TransformerEnco
     """Copy a ``torch.nn.TransformerEncoderLayer``'s weights into ``ours`` (same sizes, norm_first, activation)."""
     _check_torch_layer(ours, torch_layer)
     load_torch_multihead(ours.self_attention, torch_layer.self_attn)
-    _copy_module(ours.feed_forward.linear1, torch_layer.linear1)
-    _copy_module(ours.feed_forward.linear2, torch_layer.linear2)
-    _copy_module(ours.norm1, torch_layer.norm1)
-    _copy_module(ours.norm2, torch_layer.norm2)
+    _copy(ours.feed_forward.linear1, torch_layer.linear1)
+    _copy(ours.feed_forward.linear2, torch_layer.linear2)
+    _copy(ours.norm1, torch_layer.norm1)
+    _copy(ours.norm2, torch_layer.norm2)
     return ours
 
 
@@ -99,11 +101,11 @@ def load_torch_decoder_layer(ours: DecoderLayer, torch_layer: nn.TransformerDeco
     _check_torch_layer(ours, torch_layer)
     load_torch_multihead(ours.self_attention, torch_layer.self_attn)
     load_torch_multihead(ours.cross_attention, torch_layer.multihead_attn)
-    _copy_module(ours.feed_forward.linear1, torch_layer.linear1)
-    _copy_module(ours.feed_forward.linear2, torch_layer.linear2)
-    _copy_module(ours.norm1, torch_layer.norm1)
-    _copy_module(ours.norm2, torch_layer.norm2)
-    _copy_module(ours.norm3, torch_layer.norm3)
+    _copy(ours.feed_forward.linear1, torch_layer.linear1)
+    _copy(ours.feed_forward.linear2, torch_layer.linear2)
+    _copy(ours.norm1, torch_layer.norm1)
+    _copy(ours.norm2, torch_layer.norm2)
+    _copy(ours.norm3, torch_layer.norm3)
     return ours
 
 
@@ -136,8 +138,7 @@ def load_torch_transformer(model: Seq2SeqTransformer, torch_transformer: nn.Tran
         load_torch_encoder_layer(ours, theirs)
     for ours, theirs in zip(model.decoder.layers, torch_decoder.layers, strict=True):
         load_torch_decoder_layer(ours, theirs)
-    with torch.no_grad():
-        for ours, theirs in ((model.encoder.norm, torch_encoder.norm), (model.decoder.norm, torch_decoder.norm)):
-            if ours is not None:
-                ours.load_state_dict(theirs.state_dict())
+    for ours, theirs in ((model.encoder.norm, torch_encoder.norm), (model.decoder.norm, torch_decoder.norm)):
+        if ours is not None:
+            _copy(ours, theirs)
     return model

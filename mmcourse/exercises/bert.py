@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from mmcourse.bert import IGNORE_INDEX
 from mmcourse.exercises import Hint, expect, expect_shape, run_check
+from mmcourse.train import IGNORE_INDEX
 
 MASK_ID, VOCAB_SIZE = 4, 1000
 

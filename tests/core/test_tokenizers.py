@@ -35,6 +35,10 @@ def test_pad_batch() -> None:
     assert input_ids.dtype == torch.long
     with pytest.raises(ValueError, match="sequences"):
         pad_batch([])
+    with pytest.raises(ValueError, match="sequences must hold token ids >= 0"):
+        pad_batch([[5, -1]])
+    with pytest.raises(TypeError, match="pad_id"):
+        pad_batch([[5]], pad_id=None)
 
 
 def test_encode_batch_and_save_load(tmp_path: Path) -> None:
@@ -98,8 +102,10 @@ def test_subword_trainers_validate() -> None:
 
     with pytest.raises(ValueError, match="vocab_size"):
         train_wordpiece(CORPUS, vocab_size=5)
-    with pytest.raises(ValueError, match="texts"):
+    with pytest.raises(TypeError, match="texts"):
         train_wordpiece("one string", vocab_size=100)
+    with pytest.raises(TypeError, match="vocab_size"):
+        train_wordpiece(CORPUS, vocab_size=100.0)
     with pytest.raises(ValueError, match="min_frequency"):
         train_wordpiece(CORPUS, vocab_size=100, min_frequency=0)
     with pytest.raises(ValueError, match="vocab_size"):

@@ -1,11 +1,13 @@
+"""Chapter 2: the encoder-decoder Transformer (parity with nn.Transformer: tests/convert)."""
+
+from __future__ import annotations
+
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from mmcourse.attention import causal_mask, padding_mask
-from mmcourse.convert.torch_layers import load_torch_transformer
 from mmcourse.data.dates import generate_dates
 from mmcourse.tokenizers import CharVocabulary
 from mmcourse.train import parameter_count
@@ -20,49 +22,23 @@ def tiny_model(seed: int = 0, **overrides: object) -> Seq2SeqTransformer:
     return Seq2SeqTransformer(config).eval()
 
 
-@pytest.mark.filterwarnings("ignore:.*nested.tensor:UserWarning")
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_stacks_match_torch_transformer(norm_first: bool) -> None:
-    torch.manual_seed(0)
-    reference = nn.Transformer(
-        d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32, dropout=0.0,
-        batch_first=True, norm_first=norm_first,
-    ).eval()  # fmt: skip
-    model = load_torch_transformer(tiny_model(norm_first=norm_first, final_norm=True), reference)
-    source, target = torch.randn(3, 7, 16), torch.randn(3, 5, 16)  # already embedded (batch, S/T, d_model)
-    src_attention_mask = (torch.arange(7)[None, :] < torch.tensor([[7], [4], [2]])).long()  # (batch, S)
-    tgt_attention_mask = (torch.arange(5)[None, :] < torch.tensor([[5], [5], [3]])).long()  # (batch, T)
-    with torch.no_grad():  # the fast path (nested tensors) of torch's encoder runs too
-        expected = reference(
-            source, target, tgt_mask=~causal_mask(5), src_key_padding_mask=~src_attention_mask.bool(),
-            tgt_key_padding_mask=~tgt_attention_mask.bool(), memory_key_padding_mask=~src_attention_mask.bool(),
-        )  # fmt: skip
-        memory, _ = model.encoder(source, padding_mask(src_attention_mask))  # (batch, S, d_model)
-        self_mask = causal_mask(5) & padding_mask(tgt_attention_mask)  # (batch, 1, T, T)
-        actual, _, _ = model.decoder(target, memory, self_mask, padding_mask(src_attention_mask))
-        torch_memory = reference.encoder(source, src_key_padding_mask=~src_attention_mask.bool())
-    torch.testing.assert_close(actual, expected)
-    real = src_attention_mask.bool()  # torch's nested-tensor path writes zeros at padded positions
-    torch.testing.assert_close(memory[real], torch_memory[real])
-
-
-@pytest.mark.filterwarnings("ignore:.*nested.tensor:UserWarning")
-def test_post_ln_without_final_norm_cannot_load_torch() -> None:
-    reference = nn.Transformer(16, 2, 2, 2, 32, 0.0, batch_first=True)
-    with pytest.raises(ValueError, match="final_norm"):
-        load_torch_transformer(tiny_model(norm_first=False), reference)
-
-
-def test_shapes_and_weights() -> None:
+def test_encode_and_decode_return_tensors_and_the_weights_come_separately() -> None:
     model = tiny_model()
     src_ids, tgt_ids = torch.randint(1, 11, (2, 6)), torch.randint(1, 13, (2, 4))
+    src_ids[1, 4:] = 0  # two pads
+    src_attention_mask = (src_ids != 0).long()
     assert model(src_ids, tgt_ids).shape == (2, 4, 13)
-    memory, encoder_weights = model.encode(src_ids, need_weights=True)
-    assert memory.shape == (2, 6, 16) and encoder_weights.shape == (2, 2, 2, 6, 6)
-    logits, self_weights, cross_weights = model.decode(tgt_ids, memory, need_weights=True)
-    assert logits.shape == (2, 4, 13)
+    memory = model.encode(src_ids, src_attention_mask)
+    logits = model.decode(tgt_ids, memory, src_attention_mask)
+    assert memory.shape == (2, 6, 16) and logits.shape == (2, 4, 13)
+    torch.testing.assert_close(logits, model(src_ids, tgt_ids, src_attention_mask))
+    encoder_weights = model.encoder_attention_weights(src_ids, src_attention_mask)
+    self_weights, cross_weights = model.decoder_attention_weights(tgt_ids, memory, src_attention_mask)
+    assert encoder_weights.shape == (2, 2, 2, 6, 6)  # (layers, batch, n_heads, S, S)
     assert self_weights.shape == (2, 2, 2, 4, 4) and cross_weights.shape == (2, 2, 2, 4, 6)
     torch.testing.assert_close(cross_weights.sum(-1), torch.ones(2, 2, 2, 4))
+    assert encoder_weights[:, 1, :, :, 4:].abs().max() == 0 and cross_weights[:, 1, :, :, 4:].abs().max() == 0
+    assert self_weights.triu(diagonal=1).abs().max() == 0  # causal
 
 
 def test_tied_and_shared_embeddings() -> None:
@@ -125,7 +101,7 @@ def test_target_padding_changes_no_real_logit_and_no_nan() -> None:
         ({"share_embeddings": True, "tgt_vocab_size": 12}, "share_embeddings"),
         ({"pad_id": 10}, "pad_id"),
         ({"src_vocab_size": 0}, "src_vocab_size"),
-        ({"final_norm": "yes"}, "final_norm"),
+        ({"pad_id": -1}, "pad_id"),
         ({"d_model": 6, "n_heads": 2, "src_vocab_size": 10, "tgt_vocab_size": 10, "pad_id": 0}, None),
     ],
 )
@@ -138,14 +114,30 @@ def test_config_validation_names_the_field(overrides: dict, field: str | None) -
         TransformerConfig(**arguments)
 
 
-def test_bad_inputs_raise() -> None:
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [({"final_norm": "yes"}, "final_norm"), ({"norm_first": 1}, "norm_first"), ({"pad_id": 1.0}, "pad_id"),
+     ({"d_model": 32.0}, "d_model")],
+)  # fmt: skip
+def test_config_wrong_types_raise_type_error(overrides: dict, field: str) -> None:
+    with pytest.raises(TypeError, match=field):
+        TransformerConfig(src_vocab_size=10, tgt_vocab_size=10, **overrides)
+
+
+def test_bad_inputs_name_the_argument() -> None:
     model = tiny_model(context_length=8)
     with pytest.raises(ValueError, match="src_ids"):
         model.encode(torch.randint(1, 11, (2, 9)))  # longer than context_length
-    with pytest.raises(ValueError, match="tgt_ids"):
-        model(torch.randint(1, 11, (2, 3)), torch.full((2, 3), 13))  # id out of the target vocabulary
+    with pytest.raises(TypeError, match="tgt_ids"):
+        model(torch.randint(1, 11, (2, 3)), torch.ones(2, 3))  # float ids
     with pytest.raises(ValueError, match="attention_mask"):
         model(torch.randint(1, 11, (2, 3)), torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4))
+    with pytest.raises(ValueError, match="memory"):
+        model.decode(torch.ones(2, 3, dtype=torch.long), torch.randn(2, 5, 8))
+    with pytest.raises(ValueError, match="src_attention_mask"):
+        model.decode(torch.ones(2, 3, dtype=torch.long), torch.randn(2, 5, 16), torch.ones(2, 4))
+    with pytest.raises(TypeError, match="TransformerConfig"):
+        Seq2SeqTransformer({"src_vocab_size": 11, "tgt_vocab_size": 13})
 
 
 def test_warmup_inverse_sqrt_peaks_at_warmup() -> None:

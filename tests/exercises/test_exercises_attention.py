@@ -20,7 +20,8 @@ from mmcourse.positional import RotaryEmbedding
 
 
 def test_causal_mask_checker(outcome: Outcome) -> None:
-    assert outcome(check_causal_mask(causal_mask)) == (True, "[causal mask] correct. Well done.\n")
+    passed, out = outcome(check_causal_mask(causal_mask))
+    assert passed and out == "[causal mask] correct. Well done.\n"
     passed, out = outcome(check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).tril(-1)))
     assert not passed and "diagonal" in out
     passed, out = outcome(check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).triu()))
