@@ -2,8 +2,11 @@
 
 ``CharVocabulary`` is the simplest tokenizer: one token per character plus a few special tokens. ``pad_batch``
 turns id lists of different lengths into one tensor and its Hugging Face style ``attention_mask``.
-``train_wordpiece`` (BERT) and ``train_byte_level_bpe`` (GPT-2) learn subword vocabularies with the ``tokenizers``
-library and return a ``transformers`` tokenizer that pads, truncates and builds sentence pairs.
+``train_wordpiece`` (BERT) and ``train_byte_level_bpe`` (GPT-2) learn subword vocabularies and return a
+``transformers`` tokenizer that pads, truncates and builds sentence pairs. The byte-level BPE is learned by the
+``tokenizers`` library; the WordPiece vocabulary by ``mmcourse.bpe``, which learns the same merges as the library's
+``WordPieceTrainer`` but breaks ties between merges of equal count in a fixed order (the library breaks them in
+hash-map order, so its vocabulary changes from one run to the next: huggingface/tokenizers#1794).
 """
 
 from __future__ import annotations
@@ -125,23 +128,25 @@ def train_wordpiece(
 ) -> PreTrainedTokenizerFast:
     """A BERT-style WordPiece tokenizer learned from ``texts``: ids 0–4 are [PAD] [UNK] [CLS] [SEP] [MASK];
     a pair encodes as ``[CLS] A [SEP] B [SEP]`` with token_type_ids 0 for A (and its [CLS], [SEP]), 1 for B."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
+
+    from mmcourse.bpe import learn_wordpiece_vocab, word_counts
 
     _check_training_input(texts, vocab_size, len(WORDPIECE_SPECIAL_TOKENS))
     check_positive_int("min_frequency", min_frequency)
     pad, unk, cls, sep, mask = WORDPIECE_SPECIAL_TOKENS
-    tokenizer = Tokenizer(models.WordPiece(unk_token=unk))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # split on whitespace and punctuation
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()  # split on whitespace and punctuation
+    # tokenizers' WordPieceTrainer learns the same merges, but breaks ties in hash-map order (a new vocabulary each
+    # run): mmcourse.bpe breaks them in a fixed order
+    counts = word_counts(texts, normalizer.normalize_str, pre_tokenizer.pre_tokenize_str)
+    vocab = learn_wordpiece_vocab(counts, vocab_size, min_frequency, WORDPIECE_SPECIAL_TOKENS)
+    tokenizer = Tokenizer(models.WordPiece({token: index for index, token in enumerate(vocab)}, unk_token=unk))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()  # glue "##" continuations back onto their word
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(WORDPIECE_SPECIAL_TOKENS),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.add_special_tokens(list(WORDPIECE_SPECIAL_TOKENS))  # never split or normalized, as training adds them
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}",
         pair=f"{cls} $A {sep} $B:1 {sep}:1",  # ":1" = token type (segment) 1

@@ -110,3 +110,26 @@ def test_subword_trainers_validate() -> None:
         train_wordpiece(CORPUS, vocab_size=100, min_frequency=0)
     with pytest.raises(ValueError, match="vocab_size"):
         train_byte_level_bpe(CORPUS, vocab_size=100)
+
+
+@pytest.mark.slow
+def test_wordpiece_training_gives_the_same_vocabulary_in_every_process() -> None:
+    """The library's own trainer does not (huggingface/tokenizers#1794); ``train_wordpiece`` must, so results
+    repeat."""
+    import subprocess
+    import sys
+
+    script = (
+        "from mmcourse.data.scenes import SceneCaptionDataset, SceneConfig\n"
+        "from mmcourse.tokenizers import train_wordpiece\n"
+        "data = SceneCaptionDataset(200, SceneConfig(), seed=0, split=\"train\")\n"
+        "texts = [caption for captions in data.captions for caption in captions]\n"
+        "print(sorted(train_wordpiece(texts, 300).get_vocab().items(), key=lambda item: item[1]))\n"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed}
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outputs) == 1 and "[PAD]" in outputs.pop()
