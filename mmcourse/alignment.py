@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: no loss at this target
+from mmcourse.checks import check_finite_number
+from mmcourse.train import IGNORE_INDEX
 
 
 def sft_example(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -57,12 +58,11 @@ def sft_batch(
 
 
 def masked_next_token_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy over the positions whose target is not IGNORE_INDEX. logits (batch, T, vocab_size)."""
+    """Mean cross-entropy over the positions whose target is not IGNORE_INDEX. logits (batch, T, vocab_size).
+    (``sft_batch`` gives every row response targets; targets that are all IGNORE_INDEX would give NaN.)"""
     if logits.dim() != 3 or targets.shape != logits.shape[:2]:
         raise ValueError(f"logits must be (batch, T, vocab_size) and targets (batch, T), got {tuple(logits.shape)} "
                          f"and {tuple(targets.shape)}")  # fmt: skip
-    if not (targets != IGNORE_INDEX).any():
-        raise ValueError("targets are all IGNORE_INDEX: no position to learn from")
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
@@ -94,7 +94,8 @@ def dpo_loss(
                                                                    reference_rejected)):  # fmt: skip
         shapes = [tuple(t.shape) for t in (policy_chosen, policy_rejected, reference_chosen, reference_rejected)]
         raise ValueError(f"the four log-probability tensors must be (batch,) of one shape, got {shapes}")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
+    check_finite_number("beta", beta)
+    if not beta > 0:
         raise ValueError(f"beta must be a number > 0, got {beta!r}")
     chosen_logratio = policy_chosen - reference_chosen  # (batch,)
     rejected_logratio = policy_rejected - reference_rejected  # (batch,)

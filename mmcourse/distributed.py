@@ -11,7 +11,9 @@ whole batch. Four strategies, the same numbers:
   gradients and optimizer state, gathering whole weights layer by layer when it needs them.
 
 Gradient accumulation (梯度累积) runs ``accumulation_steps`` micro-batches through forward and backward before each
-step, skipping the gradient synchronisation for all but the last (DDP's ``no_sync``).
+step, skipping the gradient synchronisation for all but the last (DDP's ``no_sync``). The loop is the book's one
+training loop, :func:`mmcourse.train.train`, with this rank's batches and a gradient step that accumulates and
+averages.
 
 The training script is this module: ``torchrun --nproc_per_node=2 -m mmcourse.distributed --strategy ddp --out DIR``
 (CPU processes talk through gloo, GPU processes through NCCL). Rank 0 writes ``DIR/<strategy>.json`` (losses,
@@ -25,12 +27,10 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_finite_number, check_int, check_positive_int
 from mmcourse.gpt import GPT, GPTConfig, next_token_loss
+from mmcourse.train import TrainConfig, adamw, batch_indices, set_seed, train
 
 STRATEGIES = ("none", "ddp", "allreduce", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
@@ -66,30 +67,24 @@ class DistributedConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "check_steps", "global_batch_size", "accumulation_steps", "context_length"):
+        sizes = ("steps", "check_steps", "global_batch_size", "accumulation_steps", "context_length", "d_model")
+        for name in (*sizes, "n_heads", "n_layers"):
             check_positive_int(name, getattr(self, name))
-        for name in ("d_model", "n_heads", "n_layers"):
-            check_positive_int(name, getattr(self, name))
+        check_int("seed", self.seed, minimum=0)
         if self.check_steps > self.steps:
             raise ValueError(f"check_steps={self.check_steps} must be <= steps={self.steps}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.global_batch_size % self.accumulation_steps:
-            raise ValueError(
-                f"global_batch_size={self.global_batch_size} must be divisible by "
-                f"accumulation_steps={self.accumulation_steps}"
-            )
-        for name in ("learning_rate", "weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.learning_rate == 0:
-            raise ValueError("learning_rate must be > 0, got 0")
-        clip = self.grad_clip
-        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
-            raise ValueError(f"grad_clip must be > 0 or None, got {clip!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+            raise ValueError(f"global_batch_size={self.global_batch_size} must be divisible by "
+                             f"accumulation_steps={self.accumulation_steps}")  # fmt: skip
+        self.train_config()  # learning_rate, weight_decay and grad_clip: checked as TrainConfig checks them
+
+    def train_config(self) -> TrainConfig:
+        """The shared loop's settings: chapter 4's AdamW (betas 0.9, 0.99; weight decay on the matrices only), a
+        constant learning rate, clipping, no progress bar (rank 0 prints PROGRESS lines instead)."""
+        return TrainConfig(steps=self.steps, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+                           betas=(0.9, 0.99), grad_clip=self.grad_clip, progress=False)  # fmt: skip
 
     def micro_batch_size(self, world_size: int) -> int:
         """Sequences per forward pass on one rank: global_batch_size / (world_size · accumulation_steps)."""
@@ -117,6 +112,17 @@ class DistributedConfig:
 # Data: character-level Shakespeare, the same global batch on every rank
 
 
+def character_ids(text: str, characters: Sequence[str]) -> Tensor:
+    """``text`` as character-level ids (N,) int64: each character's index in ``characters`` (the vocabulary);
+    characters that are not in it are left out."""
+    code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (N,) one per character
+    size = max([int(code_points.max(initial=0)), *(ord(character) for character in characters)]) + 1
+    index = np.full(size, -1, dtype=np.int64)  # code point -> position in the vocabulary, -1 for none
+    index[[ord(character) for character in characters]] = np.arange(len(characters))
+    ids = index[code_points]  # (N,)
+    return torch.from_numpy(ids[ids >= 0])
+
+
 def shakespeare_ids() -> tuple[Tensor, list[str]]:
     """All 42 works as one character-level sequence: (ids (N,) int64, the sorted characters = the vocabulary)."""
     from mmcourse.data.shakespeare import load_shakespeare
@@ -124,27 +130,20 @@ def shakespeare_ids() -> tuple[Tensor, list[str]]:
     works = load_shakespeare()
     text = "\n".join(works[name] for name in sorted(works))
     characters = sorted(set(text))
-    code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (N,) one per character
-    index = np.zeros(int(code_points.max()) + 1, dtype=np.int64)  # code point -> position in the vocabulary
-    index[[ord(character) for character in characters]] = np.arange(len(characters))
-    return torch.from_numpy(index[code_points]), characters
+    return character_ids(text, characters), characters
 
 
 def get_batch(ids: Tensor, step: int, batch_size: int, context_length: int, seed: int = 0) -> Batch:
-    """Global batch number ``step``: ``batch_size`` random windows of ``ids``, the same in every process and run.
-    Returns (input_ids (batch, T), targets (batch, T)), the targets shifted by one."""
+    """Batch number ``step``: ``batch_size`` random windows of ``ids``, the same in every process and run (drawn by
+    :func:`mmcourse.train.batch_indices`). Returns (input_ids (batch, T), targets (batch, T)), shifted by one."""
     if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.dtype != torch.long:
         raise ValueError(f"ids must be a 1-D int64 tensor, got {_describe(ids)}")
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
-    check_positive_int("batch_size", batch_size)
+    check_int("step", step, minimum=0)
+    check_int("seed", seed, minimum=0)
     check_positive_int("context_length", context_length)
     if len(ids) < context_length + 2:
         raise ValueError(f"ids has {len(ids)} tokens, fewer than context_length + 2 = {context_length + 2}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    starts = torch.randint(len(ids) - context_length - 1, (batch_size,), generator=generator)  # (batch,)
+    starts = batch_indices(seed * 1_000_003 + step, batch_size, len(ids) - context_length - 1)  # (batch,)
     windows = ids[starts[:, None] + torch.arange(context_length + 1)]  # (batch, T + 1)
     return windows[:, :-1], windows[:, 1:]  # (batch, T), (batch, T)
 
@@ -152,9 +151,7 @@ def get_batch(ids: Tensor, step: int, batch_size: int, context_length: int, seed
 def local_batch(batch: Batch, rank: int, world_size: int) -> Batch:
     """This rank's contiguous slice of a global batch: rows rank·B/W … (rank+1)·B/W of each tensor."""
     _check_batch(batch, "batch")
-    check_positive_int("world_size", world_size)
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
+    _check_rank(rank, world_size)
     size = batch[0].size(0)
     if size % world_size:
         raise ValueError(f"the batch of {size} sequences does not split evenly over world_size={world_size}")
@@ -188,10 +185,6 @@ def gpt_loss(model: nn.Module, batch: Batch) -> Tensor:
 def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Forward and backward inside this context synchronise gradients across ranks only if ``enabled``:
     DDP's ``no_sync()``, FSDP2's ``set_requires_gradient_sync``; a plain module never synchronises anyway."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(enabled, bool):
-        raise ValueError(f"enabled must be a bool, got {enabled!r}")
     if isinstance(model, nn.parallel.DistributedDataParallel) and not enabled:
         with model.no_sync():
             yield
@@ -211,18 +204,12 @@ def accumulate_gradients(
     """Forward and backward over equal-sized micro-batches, each loss divided by their number, so the summed
     gradients are those of the mean loss over all of them: one big batch. Only the last backward synchronises
     gradients across ranks. Returns the mean loss (detached). Gradients add to what ``.grad`` holds."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence) or not batches:
         raise ValueError(f"batches must be a non-empty list of (input_ids, targets), got {_describe(batches)}")
-    sizes = set()
     for index, batch in enumerate(batches):
         _check_batch(batch, f"batches[{index}]")
-        sizes.add(batch[0].size(0))
-    if len(sizes) > 1:
-        raise ValueError(f"batches must all hold the same number of sequences, got sizes {sorted(sizes)}")
-    if not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if len({batch[0].size(0) for batch in batches}) > 1:
+        raise ValueError(f"batches must all hold the same number of sequences, got {[len(b[0]) for b in batches]}")
     total = None
     for index, batch in enumerate(batches):
         with gradient_sync(model, enabled=index == len(batches) - 1):
@@ -236,8 +223,6 @@ def average_gradients(model: nn.Module) -> None:
     """DDP by hand: sum every gradient over the ranks (all-reduce), then divide by the number of ranks."""
     import torch.distributed as dist
 
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError("average_gradients needs a process group: call torch.distributed.init_process_group first")
     world_size = dist.get_world_size()
@@ -251,12 +236,8 @@ def broadcast_parameters(model: nn.Module, source: int = 0) -> None:
     """Copy rank ``source``'s weights into every rank (DDP does this when it wraps the model)."""
     import torch.distributed as dist
 
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError("broadcast_parameters needs a process group: call torch.distributed.init_process_group")
-    if not isinstance(source, int) or isinstance(source, bool) or not 0 <= source < dist.get_world_size():
-        raise ValueError(f"source must be a rank in [0, {dist.get_world_size()}), got {source!r}")
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             dist.broadcast(tensor, source)
@@ -284,9 +265,7 @@ def pick_device(requested: str, local_rank: int = 0, local_world_size: int = 1) 
     ``requested='cuda'``), else the CPU."""
     if requested not in DEVICES:
         raise ValueError(f"device={requested!r} is not one of {DEVICES}")
-    check_positive_int("local_world_size", local_world_size)
-    if not isinstance(local_rank, int) or isinstance(local_rank, bool) or not 0 <= local_rank < local_world_size:
-        raise ValueError(f"local_rank must be an int in [0, local_world_size={local_world_size}), got {local_rank!r}")
+    _check_rank(local_rank, local_world_size, "local_rank", "local_world_size")
     enough_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= local_world_size
     if requested == "cuda" and not enough_gpus:
         raise ValueError(
@@ -300,12 +279,11 @@ def pick_device(requested: str, local_rank: int = 0, local_world_size: int = 1) 
 def wrap_model(model: GPT, strategy: str, device: torch.device) -> nn.Module:
     """Prepare ``model`` (already on ``device``) for ``strategy``: DDP's wrapper, the by-hand broadcast, or FSDP2's
     sharding (each block a unit, then the whole model for the embeddings, final norm and the tied head)."""
-    if not isinstance(model, GPT):
-        raise ValueError(f"model must be a mmcourse.gpt.GPT, got {type(model).__name__}")
+    if not isinstance(model, GPT) or not isinstance(device, torch.device):
+        raise TypeError(f"model must be a mmcourse.gpt.GPT and device a torch.device, got {type(model).__name__} "
+                        f"and {type(device).__name__}")  # fmt: skip
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}")
-    if not isinstance(device, torch.device):
-        raise ValueError(f"device must be a torch.device, got {type(device).__name__}")
     if strategy == "none":
         return model
     import torch.distributed as dist
@@ -328,25 +306,16 @@ def wrap_model(model: GPT, strategy: str, device: torch.device) -> nn.Module:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The GPT inside a DDP wrapper, or the model itself."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def full_tensors(named: Sequence[tuple[str, Tensor | None]]) -> dict[str, Tensor]:
     """``{name: whole tensor on the CPU}``; an FSDP shard (a DTensor) is gathered from every rank, so every rank
     must call this. Entries that are None (no gradient) are left out."""
-    if isinstance(named, (str, bytes)) or not isinstance(named, Sequence):
-        raise ValueError(f"named must be a list of (name, tensor) pairs, got {_describe(named)}")
     gathered = {}
-    for item in named:
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
-            raise ValueError(f"named must hold (name, tensor) pairs, got {_describe(item)}")
-        name, tensor = item
+    for name, tensor in named:
         if tensor is None:
             continue
-        if not isinstance(tensor, Tensor):
-            raise ValueError(f"{name}: expected a tensor or None, got {type(tensor).__name__}")
         if hasattr(tensor, "full_tensor"):  # a DTensor: this rank holds one shard
             tensor = tensor.full_tensor()
         gathered[name] = tensor.detach().cpu().clone()
@@ -356,10 +325,6 @@ def full_tensors(named: Sequence[tuple[str, Tensor | None]]) -> dict[str, Tensor
 def local_elements(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[int, int]:
     """(parameter elements, optimizer-state elements) stored by this rank: all of them with DDP, one shard of each
     with FSDP."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
 
     def count(tensor: Tensor) -> int:
         return (tensor.to_local() if hasattr(tensor, "to_local") else tensor).numel()
@@ -386,22 +351,6 @@ class RunResult:
     checked_weights: dict[str, Tensor]
 
 
-def make_optimizer(model: nn.Module, config: DistributedConfig) -> torch.optim.AdamW:
-    """Chapter 4's AdamW: weight decay on the matrices only, betas (0.9, 0.99)."""
-    from mmcourse.train import TrainConfig, adamw
-
-    if not isinstance(config, DistributedConfig):
-        raise ValueError(f"config must be a DistributedConfig, got {type(config).__name__}")
-    train_config = TrainConfig(
-        steps=config.steps,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        betas=(0.9, 0.99),
-        grad_clip=config.grad_clip,
-    )
-    return adamw(model, train_config)
-
-
 def train_steps(
     model: nn.Module,
     ids: Tensor,
@@ -413,75 +362,54 @@ def train_steps(
     device: torch.device | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> RunResult:
-    """Train for ``config.steps`` steps. Each step takes global batch ``step`` (the same in every process), keeps
-    this rank's slice, runs it as ``config.accumulation_steps`` micro-batches, averages gradients across ranks
-    (DDP and FSDP inside backward; ``allreduce`` by hand after it), clips, and steps AdamW. With
-    ``world_size=1`` and ``strategy='none'`` this is plain single-process training on the whole batch."""
+    """Train for ``config.steps`` steps with :func:`mmcourse.train.train`. Each step takes global batch ``step``
+    (the same in every process), keeps this rank's slice, runs it as ``config.accumulation_steps`` micro-batches,
+    averages gradients across ranks (DDP and FSDP inside backward; ``allreduce`` by hand after it), clips, and
+    steps AdamW. With ``world_size=1`` and ``strategy='none'`` this is plain single-process training on the whole
+    batch. ``on_step(step, loss)`` runs after each step (the loss averaged over the ranks)."""
     import torch.distributed as dist
 
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, DistributedConfig):
-        raise ValueError(f"config must be a DistributedConfig, got {type(config).__name__}")
+        raise TypeError(f"config must be a DistributedConfig, got {type(config).__name__}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}")
     config.micro_batch_size(world_size)  # checks world_size and the split
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
+    _check_rank(rank, world_size)
     if strategy == "none" and world_size != 1:
         raise ValueError(f"strategy='none' does not fit world_size={world_size}: it trains one process alone")
     if on_step is not None and not callable(on_step):
-        raise ValueError(f"on_step must be callable or None, got {type(on_step).__name__}")
-    device = device or next(model.parameters()).device
+        raise TypeError(f"on_step must be callable or None, got {type(on_step).__name__}")
     inner = unwrap(model)
-    optimizer = make_optimizer(model, config)
-    losses: list[float] = []
+    optimizer = adamw(model, config.train_config())
     first_gradients: dict[str, Tensor] = {}
     checked_weights: dict[str, Tensor] = {}
-    model.train()
-    seconds = 0.0
-    for step in range(config.steps):
-        start = time.perf_counter()
+
+    def rank_batch(step: int) -> list[Batch]:  # this rank's slice of global batch `step`, in micro-batches
         batch = get_batch(ids, step, config.global_batch_size, config.context_length, config.seed)
-        input_ids, targets = local_batch(batch, rank, world_size)
-        parts = micro_batches((input_ids.to(device), targets.to(device)), config.accumulation_steps)
-        loss = accumulate_gradients(model, parts)  # this rank's mean loss; gradients already averaged (not allreduce)
+        return micro_batches(local_batch(batch, rank, world_size), config.accumulation_steps)
+
+    def gradients(module: nn.Module, loss_fn: Callable[[nn.Module, Batch], Tensor], parts: list[Batch]) -> Tensor:
+        loss = accumulate_gradients(module, parts, loss_fn)  # this rank's mean loss; DDP, FSDP average gradients
         if strategy == "allreduce":
-            average_gradients(model)
+            average_gradients(module)
         if world_size > 1:
             dist.all_reduce(loss)  # for the log only: the mean loss over the whole global batch
             loss /= world_size
-        seconds += time.perf_counter() - start
-        if step == 0:
-            first_gradients = full_tensors([(name, p.grad) for name, p in inner.named_parameters()])
-        start = time.perf_counter()
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        seconds += time.perf_counter() - start
+        if not first_gradients:  # step 0, before clipping: what the check compares with one process
+            first_gradients.update(full_tensors([(name, p.grad) for name, p in inner.named_parameters()]))
+        return loss
+
+    def after_step(step: int, loss: float) -> None:
         if step + 1 == config.check_steps:
-            checked_weights = full_tensors(list(inner.named_parameters()))
+            checked_weights.update(full_tensors(list(inner.named_parameters())))
         if on_step is not None:
-            on_step(step, losses[-1])
+            on_step(step, loss)
+
+    history = train(model, gpt_loss, rank_batch, config.train_config(), optimizer=optimizer, device=device,
+                    gradients=gradients, on_step=after_step)  # fmt: skip
     parameter_elements, optimizer_elements = local_elements(model, optimizer)
-    model.eval()
-    return RunResult(losses, seconds, parameter_elements, optimizer_elements, first_gradients, checked_weights)
-
-
-def train_single_process(config: DistributedConfig, device: torch.device | str = "cpu") -> RunResult:
-    """The reference: one process, the whole global batch, the same seed and batches as every rank."""
-    if not isinstance(config, DistributedConfig):
-        raise ValueError(f"config must be a DistributedConfig, got {type(config).__name__}")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be a torch.device or a name like 'cpu' or 'cuda:0', got {device!r}") from None
-    ids, characters = shakespeare_ids()
-    torch.manual_seed(config.seed)
-    model = GPT(config.gpt_config(len(characters))).to(device)
-    return train_steps(model, ids, config, device=device)
+    return RunResult(history.losses, history.seconds, parameter_elements, optimizer_elements, first_gradients,
+                     checked_weights)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -495,10 +423,8 @@ def run_worker(
     Trains one fresh, identically seeded model per strategy; rank 0 writes ``out/<strategy>.json`` and ``.pt``."""
     import torch.distributed as dist
 
-    from mmcourse.train import set_seed
-
     if not isinstance(config, DistributedConfig):
-        raise ValueError(f"config must be a DistributedConfig, got {type(config).__name__}")
+        raise TypeError(f"config must be a DistributedConfig, got {type(config).__name__}")
     _check_strategies(strategies)
     out = Path(out)
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -587,7 +513,7 @@ def _optional(kind: type) -> Callable[[str], Any]:
 def config_arguments(config: DistributedConfig) -> list[str]:
     """The command-line arguments that recreate ``config`` in the script."""
     if not isinstance(config, DistributedConfig):
-        raise ValueError(f"config must be a DistributedConfig, got {type(config).__name__}")
+        raise TypeError(f"config must be a DistributedConfig, got {type(config).__name__}")
     return [f"--{name.replace('_', '-')}={value}" for name, value in dataclasses.asdict(config).items()]
 
 
@@ -598,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = DistributedConfig(**{name: value for name, value in vars(args).items() if name in fields})
         run_worker(config, args.strategy or ["none"], args.out, args.device, progress=not args.no_progress)
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -614,7 +540,7 @@ def launch_command(
     """The command line: ``python -m mmcourse.distributed`` for one process and strategy 'none', else torchrun
     (``python -m torch.distributed.run``) with ``processes`` workers on this machine, rendezvous on 127.0.0.1."""
     if not isinstance(config, DistributedConfig):
-        raise ValueError(f"config must be a DistributedConfig, got {type(config).__name__}")
+        raise TypeError(f"config must be a DistributedConfig, got {type(config).__name__}")
     _check_strategies(strategies)
     check_positive_int("processes", processes)
     if device not in DEVICES:
@@ -660,7 +586,8 @@ def launch(
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads_per_process = max(1, cores // processes)
     check_positive_int("threads_per_process", threads_per_process)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+    check_finite_number("timeout", timeout)
+    if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     out = Path(out)
     for strategy in strategies:  # never read back an earlier run's files
@@ -715,16 +642,6 @@ def load_state(out: Path | str, strategy: str) -> dict[str, dict[str, Tensor]]:
     return torch.load(path, weights_only=True)
 
 
-def max_difference(first: dict[str, Tensor], second: dict[str, Tensor]) -> float:
-    """The largest absolute difference between same-named tensors of two {name: tensor} dicts."""
-    for name, value in (("first", first), ("second", second)):
-        if not isinstance(value, dict) or not value:
-            raise ValueError(f"{name} must be a non-empty dict of tensors, got {_describe(value)}")
-    if first.keys() != second.keys():
-        raise ValueError(f"first and second name different tensors: {sorted(first.keys() ^ second.keys())[:5]}")
-    return max((first[name].double() - second[name].double()).abs().max().item() for name in first)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -743,6 +660,13 @@ def _check_batch(batch: object, name: str) -> None:
             f"{name} must hold input_ids and targets of the same shape (batch >= 1, T), got "
             f"{tuple(input_ids.shape)} and {tuple(targets.shape)}"
         )
+
+
+def _check_rank(rank: object, world_size: int, name: str = "rank", size_name: str = "world_size") -> None:
+    check_positive_int(size_name, world_size)
+    check_int(name, rank, minimum=0)
+    if not rank < world_size:  # type: ignore[operator]
+        raise ValueError(f"{name} must be an int in [0, {size_name}={world_size}), got {rank!r}")
 
 
 def _check_strategies(strategies: object) -> None:

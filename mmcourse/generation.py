@@ -8,7 +8,8 @@ generated token unmasked: simple, and cheap for short outputs (a KV cache would 
 
 For decoder-only language models (:class:`mmcourse.gpt.GPT`, chapter 4) there is sampling: ``top_k_filter``,
 ``top_p_filter``, ``apply_repetition_penalty`` and ``sample_next_token`` work on next-token logits
-(batch, vocab_size); ``generate`` extends a prompt token by token, with a KV cache by default.
+(batch, vocab_size); ``generate`` extends a prompt token by token, by default with a :class:`KVCache` that keeps
+the keys and values of the tokens seen so far.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from mmcourse.checks import check_finite_number, check_positive_int, check_token_ids
+from mmcourse.checks import check_finite_number, check_int, check_positive_int, check_token_ids
 
 GREEDY_TEMPERATURE = 1e-6  # sampling below this temperature is greedy: logits / temperature could overflow float32
 
@@ -161,36 +162,32 @@ def beam_search(
     return sequences, final_scores
 
 
-def sequence_log_probability(
-    model: nn.Module,
-    src_ids: Tensor,
-    sequences: Tensor,
-    bos_id: int,
-    eos_id: int,
-    src_attention_mask: Tensor | None = None,
-    pad_id: int | None = None,
-) -> Tensor:
-    """Total log-probability (batch,) of generated ``sequences`` (batch, T) (no BOS), up to and including EOS."""
-    if sequences.dim() != 2 or sequences.size(0) != src_ids.size(0):
-        raise ValueError(f"sequences must be (batch={src_ids.size(0)}, T), got shape {tuple(sequences.shape)}")
-    pad_id = _resolve_pad_id(model, pad_id)
-    if src_attention_mask is None:
-        src_attention_mask = (src_ids != pad_id).long()  # (batch, S)
-    bos = torch.full((sequences.size(0), 1), bos_id, dtype=torch.long, device=sequences.device)  # (batch, 1)
-    with evaluating(model):
-        memory = model.encode(src_ids, src_attention_mask)  # (batch, S, d_model)
-        tgt_ids = torch.cat([bos, sequences], dim=1)[:, :-1]  # (batch, T) decoder inputs
-        tgt_attention_mask = torch.ones_like(tgt_ids)  # every prefix token counts, even a pad id
-        logits = model.decode(tgt_ids, memory, src_attention_mask, tgt_attention_mask)  # (batch, T, V)
-        token_log_probs = logits.float().log_softmax(dim=-1).gather(-1, sequences[..., None])[..., 0]  # (batch, T)
-    is_eos = (sequences == eos_id).long()  # (batch, T)
-    after_eos = (is_eos.cumsum(dim=1) - is_eos) > 0  # (batch, T) positions past the first EOS
-    return token_log_probs.masked_fill(after_eos, 0.0).sum(dim=1)  # (batch,)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Sampling from a decoder-only language model (chapter 4)
 # ---------------------------------------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far: one (k, v) pair per layer, each (batch, n_kv_heads, length,
+    head_dim), keys already rotated. Each forward pass appends its new positions."""
+
+    def __init__(self, n_layers: int) -> None:
+        check_positive_int("n_layers", n_layers)
+        self.layers: list[tuple[Tensor, Tensor] | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        """Number of cached positions (the same in every layer between forward passes)."""
+        return 0 if self.layers[0] is None else self.layers[0][0].size(-2)
+
+    def update(self, layer_index: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append new k, v (batch, n_kv_heads, new, head_dim) to layer ``layer_index``; return all its k, v."""
+        past = self.layers[layer_index]
+        if past is not None:
+            k = torch.cat([past[0], k], dim=-2)  # (batch, n_kv_heads, past + new, head_dim)
+            v = torch.cat([past[1], v], dim=-2)  # (batch, n_kv_heads, past + new, head_dim)
+        self.layers[layer_index] = (k, v)
+        return k, v
 
 
 def _check_logits(logits: Tensor) -> None:
@@ -199,28 +196,25 @@ def _check_logits(logits: Tensor) -> None:
         raise ValueError(f"logits must be a float tensor (batch, vocab_size), got {shape}")
 
 
-def _check_top_k(top_k: int | None) -> None:
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-
-
-def _check_top_p(top_p: float | None) -> None:
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-
-
-def _check_temperature(temperature: float) -> None:
-    """TypeError unless ``temperature`` is an int or a float (not a bool); ValueError unless it is finite and >= 0."""
+def _check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
+    """temperature a finite number >= 0, top_k None or an int >= 1, top_p None or a number in (0, 1]: TypeError
+    for another type (a bool is not a number), ValueError for another value."""
     check_finite_number("temperature", temperature)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature!r}")
+    if top_k is not None:
+        check_positive_int("top_k", top_k)
+    if top_p is not None:
+        check_finite_number("top_p", top_p)
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
 
 def top_k_filter(logits: Tensor, top_k: int) -> Tensor:
     """Keep each row's ``top_k`` largest logits (batch, vocab_size); the others become -inf. A logit tied with the
     k-th largest is kept too; ``top_k >= vocab_size`` keeps everything."""
     _check_logits(logits)
-    _check_top_k(top_k)
+    _check_sampling(top_k=top_k)
     if top_k >= logits.size(-1):
         return logits
     kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]  # (batch, 1)
@@ -232,7 +226,7 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     reaches ``top_p`` (sum >= top_p); the others become -inf. A token is kept when the tokens more likely than it
     sum to less than ``top_p``, so the most likely token always stays. logits: (batch, vocab_size)."""
     _check_logits(logits)
-    _check_top_p(top_p)
+    _check_sampling(top_p=top_p)
     if top_p == 1:
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # (batch, vocab_size), most likely first
@@ -248,7 +242,8 @@ def apply_repetition_penalty(logits: Tensor, input_ids: Tensor, penalty: float) 
     ``input_ids`` (batch, T) is divided by ``penalty`` when positive and multiplied by it when negative, so
     ``penalty > 1`` makes repeats less likely. logits: (batch, vocab_size)."""
     _check_logits(logits)
-    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0:
+    check_finite_number("penalty", penalty)
+    if not penalty > 0:
         raise ValueError(f"penalty must be a number > 0, got {penalty!r}")
     if input_ids.dim() != 2 or input_ids.size(0) != logits.size(0):
         raise ValueError(f"input_ids must be (batch={logits.size(0)}, T), got shape {tuple(input_ids.shape)}")
@@ -272,9 +267,7 @@ def sample_next_token(
     goes to 0: dividing by a smaller one could overflow float32 into inf and NaN probabilities. The temperature
     must be a finite int or float >= 0 (TypeError for another type, ValueError for inf, NaN or a negative)."""
     _check_logits(logits)
-    _check_temperature(temperature)
-    _check_top_k(top_k)
-    _check_top_p(top_p)
+    _check_sampling(temperature, top_k, top_p)
     if temperature < GREEDY_TEMPERATURE:
         return logits.argmax(dim=-1)  # (batch,)
     logits = logits.float() / temperature  # (batch, vocab_size)
@@ -307,43 +300,37 @@ def generate(
     sequence each step. Both give the same tokens. With learned positions the model sees at most its last
     ``context_length`` tokens: past that, the window slides (the cache is then rebuilt each step). With ``eos_id``,
     a sequence that produced it continues with ``eos_id`` only, and generation stops once every sequence has. The
-    prompt's ids are checked once, here; the generated ones come from the vocabulary, so the steps skip the
-    model's id check.
+    prompt's ids are checked once, here (the model reads no values); the generated ones come from the vocabulary.
     """
     from mmcourse.gpt import GPT
 
     if not isinstance(model, GPT):
-        raise ValueError(f"model must be a mmcourse.gpt.GPT, got {type(model).__name__}")
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.size(1) < 1:
-        shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
-        raise ValueError(f"input_ids must be (batch, T) with T >= 1, got {shape}")
-    check_token_ids("input_ids", input_ids, model.config.vocab_size)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-    _check_temperature(temperature)
-    _check_top_k(top_k)
-    _check_top_p(top_p)
-    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)):
-        raise ValueError(f"repetition_penalty must be a number > 0, got {repetition_penalty!r}")
+        raise TypeError(f"model must be a mmcourse.gpt.GPT, got {type(model).__name__}")
+    vocab_size = model.config.vocab_size
+    check_token_ids("input_ids", input_ids, vocab_size)  # the one look at the ids' values
+    if input_ids.dim() != 2 or input_ids.size(1) < 1:
+        raise ValueError(f"input_ids must be (batch, T) with T >= 1, got shape {tuple(input_ids.shape)}")
+    check_int("max_new_tokens", max_new_tokens, minimum=0)
+    _check_sampling(temperature, top_k, top_p)
+    check_finite_number("repetition_penalty", repetition_penalty)
     if not repetition_penalty > 0:
         raise ValueError(f"repetition_penalty must be a number > 0, got {repetition_penalty!r}")
-    vocab_size = model.config.vocab_size
-    if eos_id is not None and (not isinstance(eos_id, int) or isinstance(eos_id, bool) or not 0 <= eos_id < vocab_size):
-        raise ValueError(f"eos_id must be None or an int in [0, vocab_size={vocab_size}), got {eos_id!r}")
+    if eos_id is not None:
+        check_int("eos_id", eos_id, minimum=0)
+        if eos_id >= vocab_size:
+            raise ValueError(f"eos_id must be None or an int in [0, vocab_size={vocab_size}), got {eos_id!r}")
     window = model.config.context_length if model.config.positions == "learned" else math.inf
     tokens = input_ids  # (batch, t)
     finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)  # (batch,)
     cache = None
     with evaluating(model):
         for _ in range(max_new_tokens):
-            # forward_embeddings(token_embedding(ids)) is model(ids) without its id check, already done above
             if use_cache and cache is not None and cache.length < window:
-                embeds = model.token_embedding(tokens[:, -1:])  # (batch, 1, d_model): the new token only
-            else:
-                context = tokens[:, -window:] if tokens.size(1) > window else tokens  # (batch, ≤ window)
+                logits = model(tokens[:, -1:], cache=cache)  # (batch, 1, vocab_size): the new token only
+            else:  # the first step, no cache, or a full window: (re)run the last ≤ window tokens
                 cache = model.new_cache() if use_cache else None
-                embeds = model.token_embedding(context)  # (batch, ≤ window, d_model)
-            logits = model.forward_embeddings(embeds, cache=cache)  # (batch, 1 or ≤ window, vocab_size)
+                context = tokens[:, -window:] if tokens.size(1) > window else tokens  # (batch, ≤ window)
+                logits = model(context, cache=cache)  # (batch, ≤ window, vocab_size)
             next_logits = apply_repetition_penalty(logits[:, -1], tokens, repetition_penalty)  # (batch, vocab_size)
             next_token = sample_next_token(next_logits, temperature, top_k, top_p, generator)  # (batch,)
             if eos_id is not None:

@@ -4,7 +4,8 @@ A training step holds the weights, their gradients, the optimizer's state (AdamW
 **activations**: the tensors the forward pass saves for the backward pass. The first three depend only on the
 number of weights; the activations grow with batch × length. ``gpt_activation_bytes`` counts them for our GPT by
 formula; ``saved_tensor_bytes`` measures them by asking autograd what it saves, so the formula can be checked on
-any machine; on a GPU ``torch.cuda.max_memory_allocated`` gives the peak of a real step.
+any machine; on a GPU ``torch.cuda.max_memory_allocated`` gives the peak of a real step. The explicit attention
+of chapter 1 (what ``GPT.attention_weights`` runs) keeps more: ``attention="explicit"`` counts it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_int, check_positive_int
 from mmcourse.gpt import GPTConfig
 
 # A Colab T4 (a 16 GB card): Colab shows 15.0 GB of GPU RAM, torch's out-of-memory messages there say 14.75 GiB
@@ -57,7 +58,7 @@ def gpt_activation_bytes(config: GPTConfig, batch: int, length: int, attention: 
     learned positions, all heads with their own keys) with dropout 0 only; others raise.
     """
     if not isinstance(config, GPTConfig):
-        raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
+        raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
     check_positive_int("batch", batch)
     check_positive_int("length", length)
     if attention not in ATTENTIONS:
@@ -82,9 +83,8 @@ def training_memory(model: nn.Module, activations: int, optimizer: str = "adamw"
     """Weights, gradients and optimizer state of ``model`` (trainable weights only get gradients and state, in the
     weights' own dtype), plus ``activations`` bytes."""
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(activations, bool) or not isinstance(activations, int) or activations < 0:
-        raise ValueError(f"activations must be a number of bytes >= 0, got {activations!r}")
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_int("activations", activations, minimum=0)  # bytes
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r} is not one of {tuple(OPTIMIZERS)}")
     parameters = list({id(p): p for p in model.parameters()}.values())  # tied weights once
@@ -98,9 +98,9 @@ def saved_tensor_bytes(model: nn.Module, forward: Callable[[], torch.Tensor]) ->
     each storage counted once however many ops save a view of it, and ``model``'s own weights left out (they are
     held anyway). What the backward pass will need: the activations of the formula above."""
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(forward):
-        raise ValueError(f"forward must be a function of no arguments, got {type(forward).__name__}")
+        raise TypeError(f"forward must be a function of no arguments, got {type(forward).__name__}")
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
 

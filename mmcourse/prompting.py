@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from mmcourse.checks import check_positive_int, check_token_ids
-from mmcourse.gpt import GPT, KVCache
+from mmcourse.checks import check_int, check_positive_int
+from mmcourse.generation import KVCache
+from mmcourse.gpt import GPT
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -52,14 +53,12 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str] = L
 
 def score_label_words(next_token_logits: Tensor, label_ids: Tensor) -> Tensor:
     """Log-probabilities (batch, n_labels) of the label tokens under the full next-token distribution
-    (a softmax over the whole vocabulary, not over the labels only). next_token_logits: (batch, vocab_size)."""
+    (a softmax over the whole vocabulary, not over the labels only). next_token_logits: (batch, vocab_size).
+    Shapes are checked, not the ids' values: it runs in a loss (``label_token_ids`` makes valid ids)."""
     if next_token_logits.dim() != 2:
         raise ValueError(f"next_token_logits must be (batch, vocab_size), got shape {tuple(next_token_logits.shape)}")
     if label_ids.dim() != 1 or label_ids.numel() < 2 or label_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"label_ids must be an integer tensor (n_labels >= 2,), got {tuple(label_ids.shape)}")
-    vocab_size = next_token_logits.size(-1)
-    if label_ids.min() < 0 or label_ids.max() >= vocab_size:
-        raise ValueError(f"label_ids must lie in [0, vocab_size={vocab_size}), got {label_ids.tolist()}")
     log_probs = next_token_logits.float().log_softmax(dim=-1)  # (batch, vocab_size)
     return log_probs[:, label_ids.to(log_probs.device)]  # (batch, n_labels)
 
@@ -115,8 +114,7 @@ def draw_demonstrations(
 ) -> list[tuple[str, int]]:
     """k demonstrations from ``pool`` (text, label). ``labels``: the label of each slot, in order (e.g. balanced
     [0, 1, 0, 1] or all positive); None draws them at random from the pool."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-        raise ValueError(f"k must be a non-negative int, got {k!r}")
+    check_int("k", k, minimum=0)
     if labels is None:
         return [pool[index] for index in rng.sample(range(len(pool)), k)]
     if len(labels) != k:
@@ -173,6 +171,10 @@ def score_with_prefix(
     check_positive_int("batch_size", batch_size)
     if not query_ids or any(len(ids) == 0 for ids in query_ids):
         raise ValueError("query_ids must be a non-empty list of non-empty id lists")
+    vocab_size = model.config.vocab_size  # the ids are checked once, here, on the host (the model reads no values)
+    outside = [i for ids in [prefix_ids, *query_ids, [pad_id]] for i in ids if not 0 <= i < vocab_size]
+    if outside:
+        raise ValueError(f"prefix_ids, query_ids and pad_id must be in [0, vocab_size={vocab_size}), got {outside[:5]}")
     device = model.lm_head.weight.device
     was_training = model.training
     model.eval()
@@ -232,7 +234,7 @@ class SoftPromptModel(nn.Module):
     def __init__(self, model: GPT, n_prompt: int, init_ids: Sequence[int] | None = None, seed: int = 0) -> None:
         super().__init__()
         if not isinstance(model, GPT):
-            raise ValueError(f"model must be a mmcourse.gpt.GPT, got {type(model).__name__}")
+            raise TypeError(f"model must be a mmcourse.gpt.GPT, got {type(model).__name__}")
         check_positive_int("n_prompt", n_prompt)
         self.model = model.requires_grad_(False)
         embedding = model.token_embedding.weight.detach()  # (vocab_size, d_model)
@@ -251,7 +253,6 @@ class SoftPromptModel(nn.Module):
         """input_ids (batch, T) → logits (batch, T, vocab_size) at the input positions (the prompt's dropped)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, T), got shape {tuple(input_ids.shape)}")
-        check_token_ids("input_ids", input_ids, self.model.config.vocab_size)
         embeds = self.model.token_embedding(input_ids)  # (batch, T, d_model)
         prompt = self.prompt.to(embeds.dtype).expand(input_ids.size(0), -1, -1)  # (batch, n_prompt, d_model)
         logits = self.model.forward_embeddings(torch.cat([prompt, embeds], dim=1))  # (batch, n_prompt + T, V)
@@ -259,20 +260,19 @@ class SoftPromptModel(nn.Module):
 
 
 def last_token_logits(logits: Tensor, lengths: Tensor) -> Tensor:
-    """Logits (batch, vocab_size) at each row's last real token, for right-padded rows of ``lengths`` tokens."""
+    """Logits (batch, vocab_size) at each row's last real token, for right-padded rows of ``lengths`` tokens
+    (each in [1, T]: from ``pad_batch``'s attention mask; the values are not checked, this runs in a loss)."""
     if logits.dim() != 3 or lengths.shape != logits.shape[:1]:
         raise ValueError(f"logits must be (batch, T, vocab) and lengths (batch,), got {tuple(logits.shape)} and "
                          f"{tuple(lengths.shape)}")  # fmt: skip
-    if lengths.min() < 1 or lengths.max() > logits.size(1):
-        raise ValueError(f"lengths must lie in [1, T={logits.size(1)}], got {lengths.min()}…{lengths.max()}")
     return logits[torch.arange(logits.size(0), device=logits.device), lengths.to(logits.device) - 1]
 
 
-def label_word_loss(logits: Tensor, lengths: Tensor, labels: Tensor, label_ids: Tensor) -> tuple[Tensor, float]:
+def label_word_loss(logits: Tensor, lengths: Tensor, labels: Tensor, label_ids: Tensor) -> tuple[Tensor, Tensor]:
     """Cross-entropy of the right label word among the label words, read at each row's last real token.
-    Returns (loss, accuracy as a float)."""
+    Returns (loss, accuracy), both scalar tensors (no ``.item()`` here: ``train`` logs the accuracy)."""
     scores = score_label_words(last_token_logits(logits, lengths), label_ids)  # (batch, n_labels)
     if labels.shape != scores.shape[:1]:
         raise ValueError(f"labels must be (batch={scores.size(0)},), got {tuple(labels.shape)}")
     loss = nn.functional.cross_entropy(scores, labels.to(scores.device))  # softmax over the label words only
-    return loss, (scores.argmax(dim=-1) == labels.to(scores.device)).float().mean().item()
+    return loss, (scores.argmax(dim=-1) == labels.to(scores.device)).float().mean().detach()

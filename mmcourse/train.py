@@ -3,6 +3,8 @@
 ``train(model, loss_fn, batches, config)`` runs ``config.steps`` optimizer steps: forward through ``loss_fn``,
 backward, optional gradient clipping, an optimizer step, a learning-rate schedule (constant, or linear warmup
 then cosine decay), a ``tqdm.auto`` progress bar, and a ``History`` of losses, learning rates and evaluations.
+The same loop trains every process of appendix A1 (:func:`mmcourse.distributed.train_steps`), which only changes
+how a step's gradients are computed (micro-batches, averaged across processes).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from torch import Tensor, nn
 
 from mmcourse.checks import check_finite_number, check_int, check_positive_int
 
-Batch = Any
 IGNORE_INDEX = -100  # a target with this value gets no loss (F.cross_entropy's default ignore_index)
-LossOutput = Tensor | tuple[Tensor, Mapping[str, float]]
+LossOutput = Tensor | tuple[Tensor, Mapping[str, float]]  # a scalar loss, or (loss, metrics to log)
+LossFn = Callable[[nn.Module, Any], LossOutput]
 
 SCHEDULES = ("constant", "cosine")
 
@@ -167,7 +169,7 @@ def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
     return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
+def to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor in a (nested) tuple, list or dict to ``device``."""
     if isinstance(batch, Tensor):
         return batch.to(device, non_blocking=True)
@@ -178,13 +180,13 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return batch
 
 
-def _batch_source(batches: Iterable[Batch] | Callable[[int], Batch]) -> Callable[[int], Batch]:
+def _batch_source(batches: Iterable[Any] | Callable[[int], Any]) -> Callable[[int], Any]:
     """A function step -> batch: ``batches`` itself if callable, else its items, cycled epoch after epoch."""
     if callable(batches) and not hasattr(batches, "__iter__"):
         return batches  # type: ignore[return-value]
-    iterator: Iterator[Batch] = iter(batches)
+    iterator: Iterator[Any] = iter(batches)
 
-    def next_batch(step: int) -> Batch:
+    def next_batch(step: int) -> Any:
         nonlocal iterator
         try:
             return next(iterator)
@@ -199,7 +201,7 @@ def _batch_source(batches: Iterable[Batch] | Callable[[int], Batch]) -> Callable
     return next_batch
 
 
-def _batch_size(batch: Batch) -> int:
+def _batch_size(batch: Any) -> int:
     if isinstance(batch, Tensor):
         return batch.shape[0] if batch.dim() else 1
     if isinstance(batch, Mapping) and batch:
@@ -209,10 +211,21 @@ def _batch_size(batch: Batch) -> int:
     return 1
 
 
+def loss_and_gradients(model: nn.Module, loss_fn: LossFn, batch: Any) -> LossOutput:
+    """``train``'s way to compute a step's gradients: ``loss_fn(model, batch)``, then backward (the gradients add to
+    ``.grad``). Returns loss_fn's output: the scalar loss, or (loss, metrics)."""
+    output = loss_fn(model, batch)
+    loss = output[0] if isinstance(output, tuple) else output
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        raise ValueError("loss_fn must return a scalar tensor (or a (scalar tensor, metrics dict) pair)")
+    loss.backward()
+    return output
+
+
 def train(
     model: nn.Module,
-    loss_fn: Callable[[nn.Module, Batch], LossOutput],
-    batches: Iterable[Batch] | Callable[[int], Batch],
+    loss_fn: LossFn,
+    batches: Iterable[Any] | Callable[[int], Any],
     config: TrainConfig,
     *,
     optimizer: torch.optim.Optimizer | None = None,
@@ -221,6 +234,8 @@ def train(
     history: History | None = None,
     lr_lambda: Callable[[int], float] | None = None,
     description: str = "training",
+    gradients: Callable[[nn.Module, LossFn, Any], LossOutput] = loss_and_gradients,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> History:
     """Train ``model`` for ``config.steps`` steps and return the History.
 
@@ -231,7 +246,10 @@ def train(
     ``lr_lambda(step)`` (0-based), when given, replaces ``config.schedule`` as the factor on each group's base
     learning rate: e.g. the Transformer paper's warmup schedule. With ``config.compile``, ``loss_fn`` receives the
     ``torch.compile`` wrapper of ``model`` (same parameters; calling it runs the compiled forward), while
-    ``evaluate`` gets ``model`` itself; the first steps pay for compiling.
+    ``evaluate`` gets ``model`` itself; the first steps pay for compiling. ``gradients(model, loss_fn, batch)``
+    computes each step's gradients and returns the loss (default :func:`loss_and_gradients`; appendix A1 passes
+    one that accumulates micro-batches and averages across processes); ``on_step(step, loss)`` runs after each
+    optimizer step.
     """
     from tqdm.auto import tqdm
 
@@ -248,6 +266,10 @@ def train(
     forward_model = torch.compile(model) if config.compile else model  # shares model's parameters
     start = time.perf_counter()
 
+    def forward_loss(module: nn.Module, batch: Any) -> LossOutput:  # loss_fn, under bf16 autocast when it is on
+        with torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext():
+            return loss_fn(module, batch)
+
     def run_evaluation(step: int) -> None:
         model.eval()
         with torch.no_grad():
@@ -262,16 +284,11 @@ def train(
         for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base_lr * multiplier
         batch = to_device(next_batch(step), device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
-        with autocast:
-            output = loss_fn(forward_model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        output = gradients(forward_model, forward_loss, batch)  # forward and backward: .grad holds the step's
         loss, metrics = output if isinstance(output, tuple) else (output, {})
-        if not isinstance(loss, Tensor) or loss.dim() != 0:
-            raise ValueError("loss_fn must return a scalar tensor (or a (scalar tensor, metrics dict) pair)")
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower learning_rate or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
@@ -283,6 +300,8 @@ def train(
         history.examples += _batch_size(batch)
         if step % 10 == 0 or step == config.steps - 1:
             bar.set_postfix(loss=f"{history.losses[-1]:.4f}", refresh=False)
+        if on_step is not None:
+            on_step(step, history.losses[-1])
         due = config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps
         if evaluate is not None and due:
             run_evaluation(step + 1)

@@ -28,7 +28,7 @@ def _gpt2_pairs(model: GPT) -> list[tuple[str, list[Tensor], bool]]:
     (in, out) where nn.Linear stores (out, in): those are transposed."""
     pairs: list[tuple[str, list[Tensor], bool]] = [
         ("transformer.wte.weight", [model.token_embedding.weight], False),
-        ("transformer.wpe.weight", [model.positional.embedding.weight], False),  # type: ignore[union-attr]
+        ("transformer.wpe.weight", [model.position_embedding.weight], False),  # type: ignore[union-attr]
     ]
     for index, block in enumerate(model.blocks):
         prefix, attention, mlp = f"transformer.h.{index}.", block.attention, block.mlp
@@ -66,7 +66,7 @@ def to_hf_gpt2(model: GPT) -> GPT2LMHeadModel:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if not isinstance(model, GPT):
-        raise ValueError(f"model must be a GPT, got {type(model).__name__}")
+        raise TypeError(f"model must be a mmcourse.gpt.GPT, got {type(model).__name__}")
     config = model.config
     _check_gpt2_style(config)
     end_of_text = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, when the vocabulary has it
@@ -98,7 +98,7 @@ def from_hf_gpt2(hf_model: GPT2LMHeadModel) -> GPT:
     """Our ``GPT`` holding a copy of a Hugging Face ``GPT2LMHeadModel``'s weights."""
     hf_config = getattr(hf_model, "config", None)
     if getattr(hf_config, "model_type", None) != "gpt2" or not hasattr(hf_model, "lm_head"):
-        raise ValueError(f"hf_model must be a GPT2LMHeadModel, got {type(hf_model).__name__}")
+        raise TypeError(f"hf_model must be a GPT2LMHeadModel, got {type(hf_model).__name__}")
     if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"activation_function={hf_config.activation_function!r} is not GPT-2's tanh GELU (gelu_new)")
     if not hf_config.scale_attn_weights or hf_config.scale_attn_by_inverse_layer_idx:
@@ -148,7 +148,7 @@ def from_hf_llama(hf_model: LlamaForCausalLM) -> GPT:
     """Our ``GPT`` (Llama style) holding a copy of a Hugging Face ``LlamaForCausalLM``'s weights."""
     hf_config = getattr(hf_model, "config", None)
     if getattr(hf_config, "model_type", None) != "llama" or not hasattr(hf_model, "lm_head"):
-        raise ValueError(f"hf_model must be a LlamaForCausalLM, got {type(hf_model).__name__}")
+        raise TypeError(f"hf_model must be a LlamaForCausalLM, got {type(hf_model).__name__}")
     if hf_config.hidden_act != "silu":
         raise ValueError(f"hidden_act={hf_config.hidden_act!r} is not supported: SwiGLU uses silu")
     attention_bias, mlp_bias = bool(hf_config.attention_bias), bool(getattr(hf_config, "mlp_bias", False))

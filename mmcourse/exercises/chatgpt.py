@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmcourse.alignment import IGNORE_INDEX, dpo_loss, sft_example
+from mmcourse.alignment import dpo_loss, sft_example
 from mmcourse.exercises import Hint, expect, expect_close, expect_shape, run_check
 from mmcourse.prompting import score_label_words
+from mmcourse.train import IGNORE_INDEX
 
 
 def check_label_scores(my_label_scores: Callable[[Tensor, Tensor], Tensor]) -> bool:

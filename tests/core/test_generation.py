@@ -2,10 +2,25 @@ import pytest
 import torch
 from torch import nn
 
-from mmcourse.generation import beam_search, gnmt_length_penalty, greedy_decode, sequence_log_probability
+from mmcourse.generation import beam_search, evaluating, gnmt_length_penalty, greedy_decode
 from mmcourse.transformer import Seq2SeqTransformer, TransformerConfig
 
 BOS, EOS, PAD = 1, 2, 0
+
+
+def sequence_log_probability(model: nn.Module, src_ids: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
+    """The oracle: total log-probability (batch,) of generated ``sequences`` (batch, T) (no BOS), up to and
+    including EOS, by one teacher-forced decoder pass."""
+    src_attention_mask = (src_ids != PAD).long()  # (batch, S)
+    bos = torch.full((sequences.size(0), 1), BOS, dtype=torch.long)  # (batch, 1)
+    with evaluating(model):
+        memory = model.encode(src_ids, src_attention_mask)  # (batch, S, d_model)
+        tgt_ids = torch.cat([bos, sequences], dim=1)[:, :-1]  # (batch, T) decoder inputs
+        logits = model.decode(tgt_ids, memory, src_attention_mask, torch.ones_like(tgt_ids))  # (batch, T, V)
+        token_log_probs = logits.float().log_softmax(dim=-1).gather(-1, sequences[..., None])[..., 0]  # (batch, T)
+    is_eos = (sequences == EOS).long()  # (batch, T)
+    after_eos = (is_eos.cumsum(dim=1) - is_eos) > 0  # (batch, T) positions past the first EOS
+    return token_log_probs.masked_fill(after_eos, 0.0).sum(dim=1)  # (batch,)
 
 
 def random_model(seed: int, vocab_size: int = 8) -> Seq2SeqTransformer:
@@ -67,7 +82,7 @@ def test_beam_scores_sorted_and_match_the_sequences() -> None:
     assert (scores[:, :-1] >= scores[:, 1:]).all(), "best first"
     for beam in range(4):
         candidates = sequences[:, beam]  # (batch, T)
-        log_probability = sequence_log_probability(model, src_ids, candidates, BOS, EOS)  # (batch,)
+        log_probability = sequence_log_probability(model, src_ids, candidates)  # (batch,)
         is_eos = candidates == EOS  # (batch, T)
         first_eos = is_eos.float().argmax(dim=1) + 1  # (batch,) length up to and including EOS
         lengths = torch.where(is_eos.any(dim=1), first_eos, candidates.size(1))  # (batch,)
@@ -105,7 +120,7 @@ def test_beam_finds_the_sequence_greedy_misses() -> None:
     sequences, scores = beam_search(model, src_ids, BOS, EOS, max_length=5, beam_size=2, length_penalty=0.0)
     assert sequences[:, 0].tolist() == [[4, 2, 0, 0, 0]] * 2, "B EOS, then padding"
     torch.testing.assert_close(scores[:, 0], torch.tensor(0.4).log().expand(2))
-    assert (scores[:, 0] > sequence_log_probability(model, src_ids, greedy, BOS, EOS)).all()
+    assert (scores[:, 0] > sequence_log_probability(model, src_ids, greedy)).all()
 
 
 def test_beam_beats_greedy_on_a_random_model() -> None:
@@ -113,8 +128,8 @@ def test_beam_beats_greedy_on_a_random_model() -> None:
     src_ids = sources(3, batch=16, vocab_size=6)
     greedy = greedy_decode(model, src_ids, BOS, EOS, max_length=6)
     sequences, _ = beam_search(model, src_ids, BOS, EOS, max_length=6, beam_size=4, length_penalty=0.0)
-    greedy_score = sequence_log_probability(model, src_ids, greedy, BOS, EOS)  # (batch,)
-    beam_score = sequence_log_probability(model, src_ids, sequences[:, 0], BOS, EOS)  # (batch,)
+    greedy_score = sequence_log_probability(model, src_ids, greedy)  # (batch,)
+    beam_score = sequence_log_probability(model, src_ids, sequences[:, 0])  # (batch,)
     assert (beam_score >= greedy_score - 1e-5).all(), "the best beam is never worse than greedy"
     assert (beam_score > greedy_score + 1e-3).any(), "and somewhere strictly better"
 

@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-from mmcourse.convert.gpt import from_hf_gpt2, from_hf_llama, to_hf_gpt2
-from mmcourse.generation import generate
-from mmcourse.gpt import GPT, GPTConfig, KVCache, RMSNorm, gpt_parameter_count, next_token_loss
+from mmcourse.generation import KVCache, generate
+from mmcourse.gpt import GPT, GPTConfig, RMSNorm, gpt_parameter_count, next_token_loss
 
 VOCAB = 40
 GPT2_TINY = GPTConfig(VOCAB, context_length=24, d_model=32, n_heads=4, n_layers=2)
@@ -26,50 +23,42 @@ def random_ids(batch: int, length: int, seed: int = 0, vocab_size: int = VOCAB) 
     return torch.randint(0, vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def perturb(model: nn.Module, seed: int = 0) -> None:
-    """Add noise to every parameter, so norms, biases and the tied head all matter in a parity test."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-
-
 # --- config ------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("overrides", "field"),
+    ("overrides", "error", "field"),
     [
-        ({"vocab_size": 0}, "vocab_size"),
-        ({"context_length": True}, "context_length"),
-        ({"d_model": -8}, "d_model"),
-        ({"n_heads": 3}, "n_heads"),
-        ({"n_layers": 0}, "n_layers"),
-        ({"d_ff": 0}, "d_ff"),
-        ({"dropout": 1.0}, "dropout"),
-        ({"bias": 1}, "bias"),
-        ({"norm": "batchnorm"}, "norm='batchnorm' is not one of \\('layernorm', 'rmsnorm'\\)"),
-        ({"mlp": "relu"}, "mlp='relu' is not one of \\('gelu', 'swiglu'\\)"),
-        ({"positions": "sinusoidal"}, "positions='sinusoidal' is not one of \\('learned', 'rotary'\\)"),
-        ({"n_kv_heads": 3}, "n_kv_heads"),
-        ({"n_kv_heads": 0}, "n_kv_heads"),
-        ({"rope_base": 0.0}, "rope_base"),
-        ({"norm_eps": -1e-5}, "norm_eps"),
-        ({"tie_embeddings": None}, "tie_embeddings"),
-        ({"mlp": "swiglu"}, "d_ff must be set"),
-        ({"positions": "rotary", "d_model": 12, "n_heads": 4}, "head_dim"),
+        ({"vocab_size": 0}, ValueError, "vocab_size"),
+        ({"context_length": True}, TypeError, "context_length"),
+        ({"d_model": -8}, ValueError, "d_model"),
+        ({"d_model": 32.0}, TypeError, "d_model"),
+        ({"n_heads": 3}, ValueError, "n_heads"),
+        ({"n_layers": 0}, ValueError, "n_layers"),
+        ({"d_ff": 0}, ValueError, "d_ff"),
+        ({"dropout": 1.0}, ValueError, "dropout"),
+        ({"dropout": "0.1"}, TypeError, "dropout"),
+        ({"bias": 1}, TypeError, "bias"),
+        ({"norm": "batchnorm"}, ValueError, "norm='batchnorm' is not one of \\('layernorm', 'rmsnorm'\\)"),
+        ({"mlp": "relu"}, ValueError, "mlp='relu' is not one of \\('gelu', 'swiglu'\\)"),
+        ({"positions": "sinusoidal"}, ValueError, "positions='sinusoidal' is not one of \\('learned', 'rotary'\\)"),
+        ({"n_kv_heads": 3}, ValueError, "n_kv_heads"),
+        ({"n_kv_heads": 0}, ValueError, "n_kv_heads"),
+        ({"rope_base": 0.0}, ValueError, "rope_base"),
+        ({"norm_eps": -1e-5}, ValueError, "norm_eps"),
+        ({"tie_embeddings": None}, TypeError, "tie_embeddings"),
+        ({"mlp": "swiglu"}, ValueError, "d_ff must be set"),
+        ({"positions": "rotary", "d_model": 12, "n_heads": 4}, ValueError, "head_dim"),
     ],
 )
-def test_config_rejects_bad_fields(overrides: dict, field: str) -> None:
-    settings = {"vocab_size": VOCAB, **overrides}
-    with pytest.raises(TypeError if overrides.get("context_length") is True else ValueError, match=field):
-        GPTConfig(**settings)
+def test_config_rejects_bad_fields(overrides: dict, error: type[Exception], field: str) -> None:
+    with pytest.raises(error, match=field):
+        GPTConfig(**{"vocab_size": VOCAB, **overrides})
 
 
-def test_config_defaults_and_styles() -> None:
+def test_config_defaults_and_llama_style() -> None:
     config = GPTConfig(VOCAB)
     assert (config.d_ff, config.n_kv_heads, config.head_dim) == (512, 4, 32)
-    assert GPTConfig.gpt2_style(VOCAB) == config
     llama = GPTConfig.llama_style(VOCAB, d_model=576, n_heads=9, n_kv_heads=3)
     assert (llama.norm, llama.mlp, llama.positions, llama.bias) == ("rmsnorm", "swiglu", "rotary", False)
     assert llama.d_ff == 1536  # 8/3 · 576, SmolLM2's size
@@ -77,11 +66,24 @@ def test_config_defaults_and_styles() -> None:
 
 
 def test_gpt_rejects_a_config_of_another_type() -> None:
-    with pytest.raises(ValueError, match="config"):
+    with pytest.raises(TypeError, match="config must be a GPTConfig"):
         GPT({"vocab_size": VOCAB})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="config must be a GPTConfig"):
+        gpt_parameter_count("gpt2")  # type: ignore[arg-type]
 
 
 # --- parameters and initialisation -------------------------------------------------------------------------------
+
+
+def count_by_formula(config: GPTConfig) -> int:
+    """Where every parameter sits, written out: embeddings, n_layers × (2 norms, attention, MLP), final norm, head."""
+    d, d_ff, bias, kv = config.d_model, config.d_ff, int(config.bias), config.n_kv_heads * config.head_dim
+    norm = d * (2 if config.norm == "layernorm" and config.bias else 1)  # weight (+ bias)
+    attention = 2 * d * d + 2 * d * kv + bias * (2 * d + 2 * kv)  # q and out: d → d; k and v: d → kv
+    mlp = 2 * d * d_ff + bias * (d_ff + d) if config.mlp == "gelu" else 3 * d * d_ff + bias * (2 * d_ff + d)
+    embeddings = config.vocab_size * d + (config.context_length * d if config.positions == "learned" else 0)
+    head = 0 if config.tie_embeddings else config.vocab_size * d
+    return embeddings + config.n_layers * (2 * norm + attention + mlp) + norm + head
 
 
 @pytest.mark.parametrize(
@@ -95,9 +97,8 @@ def test_gpt_rejects_a_config_of_another_type() -> None:
         GPTConfig.llama_style(VOCAB, d_model=32, n_heads=4, n_kv_heads=1, bias=True, tie_embeddings=False),
     ],
 )
-def test_parameter_count_formula(config: GPTConfig) -> None:
-    model = GPT(config)
-    assert gpt_parameter_count(config) == sum(p.numel() for p in model.parameters())
+def test_parameter_count(config: GPTConfig) -> None:
+    assert gpt_parameter_count(config) == sum(p.numel() for p in GPT(config).parameters()) == count_by_formula(config)
 
 
 def test_parameter_count_of_gpt2_small() -> None:
@@ -117,11 +118,9 @@ def test_gpt2_initialisation() -> None:
 
 
 def test_rms_norm() -> None:
-    norm = RMSNorm(4, eps=0.0 + 1e-12)
+    norm = RMSNorm(4, eps=1e-12)
     x = torch.tensor([[1.0, -1.0, 1.0, -1.0], [2.0, 2.0, 2.0, 2.0]])
     torch.testing.assert_close(norm(x), x.sign())
-    with pytest.raises(ValueError, match="eps"):
-        RMSNorm(4, eps=0.0)
 
 
 # --- the forward pass ------------------------------------------------------------------------------------------------
@@ -135,7 +134,7 @@ def test_changing_a_later_token_never_changes_earlier_logits(style: str) -> None
     changed[:, 7] = (changed[:, 7] + 1) % VOCAB
     with torch.no_grad():
         logits, changed_logits = model(input_ids), model(changed)  # (2, 12, VOCAB)
-    assert logits.shape == (2, 12, VOCAB)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 12, VOCAB)
     torch.testing.assert_close(changed_logits[:, :7], logits[:, :7], rtol=0, atol=0)
     assert (changed_logits[:, 7:] - logits[:, 7:]).abs().amax(dim=-1).min() > 0
 
@@ -144,30 +143,49 @@ def test_changing_a_later_token_never_changes_earlier_logits(style: str) -> None
 def test_cached_chunks_equal_one_full_pass(style: str) -> None:
     model = random_model(STYLES[style])
     input_ids = random_ids(3, 11)
-    cache = KVCache(model.config.n_layers)
+    cache = model.new_cache()
     with torch.no_grad():
         full = model(input_ids)  # (3, 11, VOCAB)
         chunks = [model(input_ids[:, start:stop], cache=cache) for start, stop in ((0, 5), (5, 6), (6, 11))]
-    assert cache.length == 11
+    assert isinstance(cache, KVCache) and cache.length == 11
     k, v = cache.layers[0]
     assert k.shape == v.shape == (3, model.config.n_kv_heads, 11, model.config.head_dim)
     torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_attention_weights_are_causal_and_match_the_fused_path(style: str) -> None:
+def test_attention_weights_are_causal_and_follow_the_cache(style: str) -> None:
     model = random_model(STYLES[style])
     input_ids = random_ids(2, 9)
     with torch.no_grad():
-        logits, attn_weights = model(input_ids, need_weights=True)
+        attn_weights = model.attention_weights(input_ids)
         cache = model.new_cache()
         model(input_ids[:, :4], cache=cache)
-        _, cached_weights = model(input_ids[:, 4:], cache=cache, need_weights=True)
+        cached_weights = model.attention_weights(input_ids[:, 4:], cache=cache)
     assert attn_weights.shape == (2, 2, 4, 9, 9)  # (n_layers, batch, n_heads, T, T)
     assert torch.all(attn_weights.triu(diagonal=1) == 0)
     torch.testing.assert_close(attn_weights.sum(-1), torch.ones(2, 2, 4, 9))
-    torch.testing.assert_close(logits, model(input_ids), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cached_weights, attn_weights[..., 4:, :], atol=1e-6, rtol=1e-5)
+
+
+def test_attention_weights_are_those_of_the_fused_path() -> None:
+    """The last layer's weights, applied by hand to its values, give that layer's fused output."""
+    model = random_model(GPT2_TINY)
+    input_ids = random_ids(2, 9)
+    captured = {}
+    attention = model.blocks[-1].attention
+    hooks = [
+        attention.v_proj.register_forward_hook(lambda module, args, output: captured.update(v=output)),
+        attention.out_proj.register_forward_hook(lambda module, args, output: captured.update(context=args[0])),
+    ]
+    with torch.no_grad():
+        model(input_ids)  # the fused kernel: its values and its attention output
+        for hook in hooks:
+            hook.remove()
+        weights = model.attention_weights(input_ids)[-1]  # (batch, n_heads, T, T), the explicit run
+    v = captured["v"].view(2, 9, 4, 8).transpose(1, 2)  # (batch, n_heads, T, head_dim)
+    by_hand = (weights @ v).transpose(1, 2).reshape(2, 9, 32)  # (batch, T, d_model)
+    torch.testing.assert_close(by_hand, captured["context"], atol=1e-6, rtol=1e-5)
 
 
 def test_learned_positions_reject_a_sequence_longer_than_the_context() -> None:
@@ -182,18 +200,38 @@ def test_learned_positions_reject_a_sequence_longer_than_the_context() -> None:
 
 
 @pytest.mark.parametrize(
-    ("input_ids", "message"),
+    ("call", "error", "message"),
     [
-        (torch.zeros(2, 3), "integer tensor"),
-        (torch.zeros(3, dtype=torch.long), "integer tensor"),
-        (torch.zeros(1, 0, dtype=torch.long), "at least one token"),
-        (torch.full((1, 3), VOCAB), "vocab_size=40"),
-        (torch.tensor([[3, -1, 2]]), r"input_ids must hold ids in \[0, vocab_size=40\), got 1 outside .*-1…-1"),
+        (lambda model: model(torch.zeros(2, 3)), TypeError, "input_ids must be an int64 or int32 tensor"),
+        (lambda model: model([[1, 2]]), TypeError, "input_ids must be an int64 or int32 tensor"),
+        (lambda model: model(torch.zeros(3, dtype=torch.long)), ValueError, r"input_ids must be \(batch, T\)"),
+        (lambda model: model(torch.zeros(1, 0, dtype=torch.long)), ValueError, "T >= 1"),
+        (lambda model: model.forward_embeddings(torch.zeros(1, 3, 7)), ValueError, "d_model=32"),
+        (lambda model: model(torch.zeros(1, 3, dtype=torch.long), cache=KVCache(5)), ValueError, "n_layers=2"),
     ],
 )
-def test_bad_input_ids(input_ids: torch.Tensor, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        random_model(GPT2_TINY)(input_ids)
+def test_bad_inputs_name_the_field(call, error: type[Exception], message: str) -> None:  # noqa: ANN001
+    with pytest.raises(error, match=message):
+        call(random_model(GPT2_TINY))
+
+
+def test_the_forward_pass_never_reads_tensor_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No .item(), no bool(tensor), no id range check: each would make the host wait for the GPU, every call.
+    (The ids' range is checked once where they enter: ``generate`` checks its prompt.)"""
+    models = {style: random_model(config) for style, config in STYLES.items()}
+    input_ids = random_ids(2, 6)
+
+    def host_read(*arguments: object) -> None:
+        raise AssertionError("a tensor's value was read on the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    for model in models.values():
+        cache = model.new_cache()
+        logits = model(input_ids[:, :4], cache=cache)  # (2, 4, VOCAB)
+        model(input_ids[:, 4:], cache=cache)
+        next_token_loss(logits, input_ids[:, 1:5]).backward()
+        model.forward_embeddings(model.token_embedding(input_ids))
 
 
 def test_next_token_loss_checks_shapes() -> None:
@@ -268,23 +306,33 @@ def test_generation_stops_at_eos() -> None:
 
 
 @pytest.mark.parametrize(
-    ("arguments", "field"),
+    ("arguments", "error", "field"),
     [
-        ({"max_new_tokens": -1}, "max_new_tokens"),
-        ({"max_new_tokens": 2, "temperature": -1.0}, "temperature"),
-        ({"max_new_tokens": 2, "top_k": 0}, "top_k"),
-        ({"max_new_tokens": 2, "top_p": 1.5}, "top_p"),
-        ({"max_new_tokens": 2, "repetition_penalty": 0.0}, "repetition_penalty"),
-        ({"max_new_tokens": 2, "eos_id": VOCAB}, "eos_id"),
+        ({"max_new_tokens": -1}, ValueError, "max_new_tokens"),
+        ({"max_new_tokens": 2.0}, TypeError, "max_new_tokens"),
+        ({"max_new_tokens": 2, "temperature": -1.0}, ValueError, "temperature"),
+        ({"max_new_tokens": 2, "top_k": 0}, ValueError, "top_k"),
+        ({"max_new_tokens": 2, "top_p": 1.5}, ValueError, "top_p"),
+        ({"max_new_tokens": 2, "repetition_penalty": 0.0}, ValueError, "repetition_penalty"),
+        ({"max_new_tokens": 2, "repetition_penalty": True}, TypeError, "repetition_penalty"),
+        ({"max_new_tokens": 2, "eos_id": VOCAB}, ValueError, "eos_id"),
     ],
 )
-def test_generate_validates_arguments(arguments: dict, field: str) -> None:
-    with pytest.raises(ValueError, match=field):
+def test_generate_validates_arguments(arguments: dict, error: type[Exception], field: str) -> None:
+    with pytest.raises(error, match=field):
         generate(random_model(GPT2_TINY), random_ids(1, 3), **arguments)
-    with pytest.raises(ValueError, match="input_ids"):
-        generate(random_model(GPT2_TINY), torch.zeros(3, dtype=torch.long), max_new_tokens=1)
-    with pytest.raises(ValueError, match="model"):
+
+
+def test_generate_checks_the_model_and_the_prompt() -> None:
+    model = random_model(GPT2_TINY)
+    with pytest.raises(ValueError, match=r"input_ids must be \(batch, T\)"):
+        generate(model, torch.zeros(3, dtype=torch.long), max_new_tokens=1)
+    with pytest.raises(TypeError, match="model must be a mmcourse.gpt.GPT"):
         generate(nn.Linear(2, 2), random_ids(1, 3), max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"input_ids must hold ids in \[0, vocab_size=40\), got 1 outside .*40…40"):
+        generate(model, torch.tensor([[1, VOCAB]]), max_new_tokens=2)  # an out-of-range prompt id
+    with pytest.raises(TypeError, match="input_ids must be an int64 or int32 tensor"):
+        generate(model, random_ids(1, 3).float(), max_new_tokens=2)
 
 
 def test_generate_checks_the_prompt_ids_once_not_per_token(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,14 +347,9 @@ def test_generate_checks_the_prompt_ids_once_not_per_token(monkeypatch: pytest.M
         real_check(*arguments)
 
     monkeypatch.setattr(generation, "check_token_ids", counting_check)
-    monkeypatch.setattr(GPT, "_check_input_ids", lambda *arguments: pytest.fail("the model re-checked the ids"))
     assert torch.equal(generate(model, prompt, max_new_tokens=5, temperature=0.0), greedy)
     assert torch.equal(generate(model, prompt, max_new_tokens=5, temperature=0.0, use_cache=False), greedy)
-    assert checked == ["input_ids", "input_ids"]  # once per call
-    with pytest.raises(ValueError, match=r"input_ids must hold ids in \[0, vocab_size=40\)"):
-        generate(model, torch.tensor([[1, VOCAB]]), max_new_tokens=2)
-    with pytest.raises(TypeError, match="input_ids must be an int64 or int32 tensor"):
-        generate(model, prompt.float(), max_new_tokens=2)
+    assert checked == ["input_ids", "input_ids"]  # once per call, not once per token
 
 
 def test_generate_with_a_tiny_temperature_is_greedy_and_rejects_what_is_not_one() -> None:
@@ -318,118 +361,3 @@ def test_generate_with_a_tiny_temperature_is_greedy_and_rejects_what_is_not_one(
             generate(model, prompt, max_new_tokens=2, temperature=temperature)
     with pytest.raises(TypeError, match="temperature"):
         generate(model, prompt, max_new_tokens=2, temperature="1")  # type: ignore[arg-type]
-
-
-# --- parity with Hugging Face transformers ------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("tie_embeddings", [True, False])
-def test_to_hf_gpt2_gives_the_same_logits(tie_embeddings: bool) -> None:
-    model = random_model(GPTConfig(VOCAB, context_length=24, d_model=32, n_heads=4, n_layers=2,
-                                   tie_embeddings=tie_embeddings))  # fmt: skip
-    perturb(model)
-    hf_model = to_hf_gpt2(model).eval()
-    input_ids = random_ids(2, 10)
-    with torch.no_grad():
-        torch.testing.assert_close(hf_model(input_ids).logits, model(input_ids), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("tie_embeddings", [True, False])
-def test_from_hf_gpt2_gives_the_same_logits(tmp_path: Path, tie_embeddings: bool) -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=32, n_layer=2, n_head=4, n_inner=48,
-                        tie_word_embeddings=tie_embeddings, bos_token_id=0, eos_token_id=0)  # fmt: skip
-    source = GPT2LMHeadModel(config)
-    perturb(source)
-    source.save_pretrained(tmp_path)
-    hf_model = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    model = from_hf_gpt2(hf_model)
-    assert model.config.d_ff == 48 and model.config.context_length == 16
-    assert model.config.tie_embeddings is tie_embeddings
-    input_ids = random_ids(2, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids), hf_model(input_ids).logits, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.slow
-def test_gpt2_conversion_rejects_other_styles() -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    with pytest.raises(ValueError, match="norm='layernorm'"):
-        to_hf_gpt2(random_model(LLAMA_TINY))
-    with pytest.raises(ValueError, match="n_kv_heads=4"):
-        to_hf_gpt2(random_model(GPTConfig(VOCAB, d_model=32, n_heads=4, n_kv_heads=2)))
-    with pytest.raises(ValueError, match="GPT2LMHeadModel"):
-        from_hf_gpt2(LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32,
-                                                  num_hidden_layers=1, num_attention_heads=2)))  # fmt: skip
-
-
-def tiny_llama(tie_word_embeddings: bool, seed: int = 0) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         rope_parameters={"rope_type": "default", "rope_theta": 500.0}, rms_norm_eps=1e-6,
-                         tie_word_embeddings=tie_word_embeddings, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=None)  # fmt: skip
-    hf_model = LlamaForCausalLM(config).eval()
-    perturb(hf_model, seed)
-    return hf_model
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("tie_word_embeddings", [True, False])
-def test_from_hf_llama_gives_the_same_logits(tie_word_embeddings: bool) -> None:
-    hf_model = tiny_llama(tie_word_embeddings)
-    model = from_hf_llama(hf_model)
-    config = model.config
-    assert (config.n_kv_heads, config.rope_base, config.norm_eps, config.d_ff) == (2, 500.0, 1e-6, 56)
-    assert (model.lm_head.weight is model.token_embedding.weight) is tie_word_embeddings
-    input_ids = random_ids(2, 20)
-    with torch.no_grad():
-        torch.testing.assert_close(model(input_ids), hf_model(input_ids).logits, atol=1e-5, rtol=1e-5)
-        greedy = generate(model, input_ids[:, :4], max_new_tokens=8, temperature=0.0)
-        hf_model.generation_config.eos_token_id = None  # no early stop: compare all 8 tokens
-        hf_greedy = hf_model.generate(input_ids[:, :4], attention_mask=torch.ones(2, 4, dtype=torch.long),
-                                      max_new_tokens=8, do_sample=False)  # fmt: skip
-    assert torch.equal(greedy, hf_greedy)
-
-
-@pytest.mark.slow
-def test_from_hf_llama_names_a_mismatched_tensor() -> None:
-    hf_model = tiny_llama(True)
-    hf_model.model.layers[1].self_attn.k_proj.weight = nn.Parameter(torch.zeros(8, 32))
-    with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.k_proj\.weight: shape \(8, 32\)"):
-        from_hf_llama(hf_model)
-    hf_model = tiny_llama(True)
-    hf_model.config.hidden_act = "gelu"
-    with pytest.raises(ValueError, match="hidden_act"):
-        from_hf_llama(hf_model)
-
-
-@pytest.mark.slow
-def test_smollm2_from_gguf_gives_the_same_logits() -> None:
-    """The real SmolLM2-135M-Instruct (dequantized from its GGUF file) in our GPT class: same logits."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mmcourse.data import DataMissingError
-    from mmcourse.data.models import smollm2_gguf
-
-    try:
-        path = smollm2_gguf()
-    except DataMissingError as error:
-        pytest.skip(str(error))
-    hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = from_hf_llama(hf_model)
-    assert gpt_parameter_count(model.config) == sum(p.numel() for p in hf_model.parameters()) == 134_515_008
-    input_ids = tokenizer("The capital of France is", return_tensors="pt").input_ids  # (1, T)
-    with torch.no_grad():
-        logits, hf_logits = model(input_ids), hf_model(input_ids).logits  # (1, T, 49152)
-    torch.testing.assert_close(logits, hf_logits, atol=1e-4, rtol=1e-4)
-    assert torch.equal(logits[0, -1].topk(5).indices, hf_logits[0, -1].topk(5).indices)

@@ -12,7 +12,6 @@ def step_inputs(config: GPTConfig, batch: int, length: int) -> tuple[torch.Tenso
     return tokens[:, :-1].clone(), tokens[:, 1:].clone()  # own storages, as a data loader gives them
 
 
-@pytest.mark.parametrize("attention", ["fused", "explicit"])
 @pytest.mark.parametrize(
     ("sizes", "batch", "length"),
     [
@@ -21,18 +20,20 @@ def step_inputs(config: GPTConfig, batch: int, length: int) -> tuple[torch.Tenso
         (dict(vocab_size=100, context_length=32, d_model=48, n_heads=2, n_layers=3, d_ff=80), 1, 32),
     ],
 )
-def test_formula_equals_what_autograd_saves(sizes: dict, batch: int, length: int, attention: str) -> None:
+def test_formula_equals_what_autograd_saves(sizes: dict, batch: int, length: int) -> None:
     config = GPTConfig(**sizes)
     torch.manual_seed(0)
     model = GPT(config).train()
     input_ids, targets = step_inputs(config, batch, length)
 
-    def forward() -> torch.Tensor:
-        output = model(input_ids, need_weights=attention == "explicit")
-        logits = output[0] if attention == "explicit" else output  # (batch, L, vocab_size)
-        return next_token_loss(logits, targets)
-
-    assert saved_tensor_bytes(model, forward) == gpt_activation_bytes(config, batch, length, attention)
+    fused = saved_tensor_bytes(model, lambda: next_token_loss(model(input_ids), targets))
+    assert fused == gpt_activation_bytes(config, batch, length)
+    # attention_weights runs the same forward pass with the explicit attention: the difference is what it keeps more
+    explicit_extra = saved_tensor_bytes(model, lambda: model.attention_weights(input_ids)) - saved_tensor_bytes(
+        model, lambda: model(input_ids)
+    )
+    by_formula = gpt_activation_bytes(config, batch, length, "explicit") - gpt_activation_bytes(config, batch, length)
+    assert explicit_extra == by_formula
 
 
 def test_activations_grow_linearly_with_batch_and_the_explicit_attention_quadratically_with_length() -> None:
@@ -70,22 +71,23 @@ def test_the_appendix_gpu_model_fits_a_t4_by_the_formula() -> None:
 
 
 @pytest.mark.parametrize(
-    ("call", "message"),
+    ("call", "error", "message"),
     [
-        (lambda c: gpt_activation_bytes("gpt", 1, 8), "config must be a GPTConfig"),
-        (lambda c: gpt_activation_bytes(c, 0, 8), "batch must be a positive int"),
-        (lambda c: gpt_activation_bytes(c, 1, 17), "length=17 is more than context_length=16"),
-        (lambda c: gpt_activation_bytes(c, 1, 8, "flash"), "attention='flash' is not one of"),
-        (lambda c: gpt_activation_bytes(GPTConfig(vocab_size=9, dropout=0.1), 1, 8), "'dropout': 0.1"),
-        (lambda c: gpt_activation_bytes(GPTConfig.llama_style(9, d_model=64), 1, 8), "'norm': 'rmsnorm'"),
-        (lambda c: training_memory(GPT(c), -1), "activations must be a number of bytes >= 0"),
-        (lambda c: training_memory(GPT(c), 0, "adam"), "optimizer='adam' is not one of"),
-        (lambda c: saved_tensor_bytes(GPT(c), None), "forward must be a function of no arguments"),
+        (lambda c: gpt_activation_bytes("gpt", 1, 8), TypeError, "config must be a GPTConfig"),
+        (lambda c: gpt_activation_bytes(c, 0, 8), ValueError, "batch must be a positive int"),
+        (lambda c: gpt_activation_bytes(c, 1, 17), ValueError, "length=17 is more than context_length=16"),
+        (lambda c: gpt_activation_bytes(c, 1, 8, "flash"), ValueError, "attention='flash' is not one of"),
+        (lambda c: gpt_activation_bytes(GPTConfig(vocab_size=9, dropout=0.1), 1, 8), ValueError, "'dropout': 0.1"),
+        (lambda c: gpt_activation_bytes(GPTConfig.llama_style(9, d_model=64), 1, 8), ValueError, "'norm': 'rmsnorm'"),
+        (lambda c: training_memory(GPT(c), -1), ValueError, "activations must be an int >= 0"),
+        (lambda c: training_memory(GPT(c), 1.5), TypeError, "activations must be an int"),
+        (lambda c: training_memory(GPT(c), 0, "adam"), ValueError, "optimizer='adam' is not one of"),
+        (lambda c: saved_tensor_bytes(GPT(c), None), TypeError, "forward must be a function of no arguments"),
     ],
 )
-def test_bad_input_is_named(call, message: str) -> None:
+def test_bad_input_is_named(call, error: type[Exception], message: str) -> None:  # noqa: ANN001
     config = GPTConfig(vocab_size=9, context_length=16, d_model=16, n_heads=2, n_layers=1)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         call(config)
 
 

@@ -40,8 +40,8 @@ def test_label_word_scoring_on_a_hand_made_distribution() -> None:
 def test_label_word_scoring_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="next_token_logits"):
         score_label_words(torch.zeros(4), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="label_ids must lie in"):
-        score_label_words(torch.zeros(2, 4), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="label_ids"):
+        score_label_words(torch.zeros(2, 4), torch.tensor([3]))  # one label word is no choice
     with pytest.raises(ValueError, match="label_ids"):
         score_label_words(torch.zeros(2, 4), torch.tensor([1.0, 2.0]))
 
@@ -83,6 +83,8 @@ def test_scoring_from_a_cached_prefix_equals_scoring_the_whole_prompt(positions:
     torch.testing.assert_close(no_prefix, alone, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="query_ids"):
         score_with_prefix(model, prefix, [], label_ids)
+    with pytest.raises(ValueError, match=r"must be in \[0, vocab_size=30\), got \[30\]"):  # checked once, up front
+        score_with_prefix(model, prefix, [[1, 2], [30]], label_ids)
 
 
 def test_expand_cache_repeats_one_sequence() -> None:
@@ -126,8 +128,8 @@ def test_soft_prompt_gradients_reach_only_the_prefix() -> None:
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="n_prompt"):
         SoftPromptModel(model, n_prompt=0)
-    with pytest.raises(ValueError, match=r"input_ids must hold ids in \[0, vocab_size="):
-        soft(torch.tensor([[1, -1]]))
+    with pytest.raises(ValueError, match=r"input_ids must be \(batch, T\)"):
+        soft(torch.tensor([1, 2]))
 
 
 def test_soft_prompt_learns_a_label() -> None:
@@ -155,7 +157,14 @@ def test_last_token_logits_reads_each_rows_end() -> None:
         last_token_logits(logits, torch.tensor([3, 1])), torch.stack([logits[0, 2], logits[1, 0]])
     )
     with pytest.raises(ValueError, match="lengths"):
-        last_token_logits(logits, torch.tensor([4, 1]))
+        last_token_logits(logits, torch.tensor([3]))
+
+
+def test_label_word_loss_returns_tensors_without_reading_them() -> None:
+    logits = torch.zeros(2, 3, 12)
+    logits[0, 2, 11] = logits[1, 0, 10] = 5.0  # row 0 says label 1, row 1 label 0
+    loss, accuracy = label_word_loss(logits, torch.tensor([3, 1]), torch.tensor([1, 1]), torch.tensor([10, 11]))
+    assert loss.dim() == accuracy.dim() == 0 and accuracy.item() == 0.5
 
 
 def test_calibration_removes_a_prompts_label_bias() -> None:

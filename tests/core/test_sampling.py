@@ -121,9 +121,21 @@ def test_sampling_respects_the_filters() -> None:
         (lambda: apply_repetition_penalty(LOGITS, torch.tensor([[1]]), 0.0), "penalty"),
         (lambda: apply_repetition_penalty(LOGITS, torch.tensor([1]), 1.2), "input_ids"),
         (lambda: sample_next_token(LOGITS, temperature=-0.5), "temperature"),
-        (lambda: sample_next_token(LOGITS, top_k=2.5), "top_k"),
     ],
 )
 def test_bad_arguments_name_the_field(call, field: str) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match=field):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda: sample_next_token(LOGITS, top_k=2.5), "top_k must be a positive int"),
+        (lambda: top_p_filter(LOGITS, "0.9"), "top_p must be a number"),
+        (lambda: apply_repetition_penalty(LOGITS, torch.tensor([[1]]), True), "penalty must be a number"),
+    ],
+)
+def test_arguments_of_another_type_are_a_type_error(call, field: str) -> None:  # noqa: ANN001
+    with pytest.raises(TypeError, match=field):
         call()

@@ -153,6 +153,30 @@ def test_bad_loss_and_inputs_fail_clearly() -> None:
         train(frozen, cross_entropy, [classification_batch()], config)
 
 
+def test_a_custom_gradient_step_and_on_step() -> None:
+    """``gradients`` replaces the forward and backward (here: two half batches, each loss halved, as gradient
+    accumulation does); the rest of the loop is the same, so the run equals the default one up to rounding."""
+    batch = classification_batch()
+    seen: list[tuple[int, float]] = []
+
+    def halves(model: nn.Module, loss_fn, batch):  # noqa: ANN001
+        total = 0.0
+        for part in zip(batch[0].chunk(2), batch[1].chunk(2), strict=True):
+            loss, _ = loss_fn(model, part)
+            (loss / 2).backward()
+            total = total + loss.detach() / 2
+        return total
+
+    runs = {}
+    for name, gradients in (("default", None), ("halves", halves)):
+        torch.manual_seed(0)
+        model = nn.Linear(8, 4)
+        options = {"gradients": gradients, "on_step": lambda step, loss: seen.append((step, loss))} if gradients else {}
+        runs[name] = train(model, cross_entropy, [batch], TrainConfig(steps=5, progress=False), **options).losses
+    assert runs["halves"] == pytest.approx(runs["default"], rel=1e-5)
+    assert seen == list(enumerate(runs["halves"])), "on_step(step, loss) after every step"
+
+
 def test_history_continues() -> None:
     model = nn.Linear(8, 4)
     history = History()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import Outcome, raises
 
-from mmcourse.alignment import IGNORE_INDEX, dpo_loss, sft_example
+from mmcourse.alignment import dpo_loss, sft_example
 from mmcourse.exercises.chatgpt import (
     check_dpo_loss,
     check_ewc_penalty,
@@ -15,6 +15,7 @@ from mmcourse.exercises.chatgpt import (
     check_sft_targets,
 )
 from mmcourse.prompting import score_label_words
+from mmcourse.train import IGNORE_INDEX
 
 
 def test_label_scores_checker(outcome: Outcome) -> None:
