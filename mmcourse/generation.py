@@ -56,9 +56,16 @@ def _check_generation_args(
             f"{tuple(src_ids.shape)}"
         )
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        check_int(name, value, minimum=0)
     check_positive_int("max_length", max_length)
+
+
+def _check_source_ids(model: nn.Module, src_ids: Tensor) -> None:
+    """Token ids from outside, checked once per call (not per generated token) against the model's source vocabulary;
+    a source of images or features has no ids to check."""
+    vocab_size = getattr(getattr(model, "config", None), "src_vocab_size", None)
+    if src_ids.dim() == 2 and vocab_size is not None:
+        check_token_ids("src_ids", src_ids, vocab_size, "src_vocab_size")
 
 
 def greedy_decode(
@@ -76,6 +83,7 @@ def greedy_decode(
     ``src_attention_mask`` (1 = real token) defaults to ``src_ids != pad_id``.
     """
     _check_generation_args(src_ids, bos_id, eos_id, max_length, src_attention_mask)
+    _check_source_ids(model, src_ids)
     pad_id = _resolve_pad_id(model, pad_id)
     if src_attention_mask is None:
         src_attention_mask = (src_ids != pad_id).long()  # (batch, S)
@@ -119,6 +127,7 @@ def beam_search(
     pad at no cost) until better candidates push it out. ``beam_size=1`` is greedy decoding.
     """
     _check_generation_args(src_ids, bos_id, eos_id, max_length, src_attention_mask)
+    _check_source_ids(model, src_ids)
     check_positive_int("beam_size", beam_size)
     if not length_penalty >= 0:
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")

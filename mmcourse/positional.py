@@ -65,26 +65,6 @@ class SinusoidalPositionalEncoding(nn.Module):
         return x + self.encoding[offset : offset + x.size(1)].to(x.dtype)  # (batch, length, d_model)
 
 
-class LearnedPositionalEmbedding(nn.Module):
-    """Adds a trained vector per position (BERT, GPT-2): flexible, but no position past ``context_length``."""
-
-    def __init__(self, context_length: int, d_model: int) -> None:
-        super().__init__()
-        check_positive_int("context_length", context_length)
-        check_positive_int("d_model", d_model)
-        self.context_length, self.d_model = context_length, d_model
-        self.embedding = nn.Embedding(context_length, d_model)
-
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """x + E[offset : offset + length]."""
-        if x.dim() != 3 or x.size(-1) != self.d_model:
-            raise ValueError(f"x must be (batch, length, d_model={self.d_model}), got {tuple(x.shape)}")
-        if offset < 0 or offset + x.size(1) > self.context_length:
-            raise ValueError(f"positions {offset}…{offset + x.size(1) - 1} exceed context_length={self.context_length}")
-        positions = torch.arange(offset, offset + x.size(1), device=x.device)  # (length,)
-        return x + self.embedding(positions)  # (batch, length, d_model)
-
-
 def rotate_half(x: Tensor) -> Tensor:
     """(x1, x2) → (-x2, x1) on the two halves of the last dimension."""
     x1, x2 = x.chunk(2, dim=-1)

@@ -254,9 +254,9 @@ def train(
     from tqdm.auto import tqdm
 
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, TrainConfig):
-        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     device = device or next(model.parameters()).device
     optimizer = optimizer or adamw(model, config)
     base_lrs = [group["lr"] for group in optimizer.param_groups]

@@ -148,3 +148,18 @@ def test_bad_arguments_raise() -> None:
         greedy_decode(model, src_ids[0], BOS, EOS, max_length=5)
     with pytest.raises(ValueError, match="src_attention_mask"):  # a non-token source needs its mask
         greedy_decode(model, src_ids[..., None], BOS, EOS, max_length=5)
+
+
+def test_greedy_and_beam_check_source_ids_once_naming_the_field() -> None:
+    from mmcourse.generation import beam_search, greedy_decode
+    from mmcourse.transformer import Seq2SeqTransformer, TransformerConfig
+
+    config = TransformerConfig(src_vocab_size=12, tgt_vocab_size=12, d_model=16, n_heads=2, d_ff=32,
+                               n_encoder_layers=1, n_decoder_layers=1)  # fmt: skip
+    model = Seq2SeqTransformer(config).eval()
+    outside = torch.tensor([[3, 4, 12]])  # 12 is past src_vocab_size
+    for decode in (greedy_decode, beam_search):
+        with pytest.raises(ValueError, match="src_ids must hold ids in \\[0, src_vocab_size=12\\)"):
+            decode(model, outside, bos_id=1, eos_id=2, max_length=4)
+        with pytest.raises(TypeError, match="bos_id must be an int"):
+            decode(model, outside[:, :2], bos_id=1.0, eos_id=2, max_length=4)

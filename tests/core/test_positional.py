@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from mmcourse.positional import (
-    LearnedPositionalEmbedding,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
     apply_rotary,
@@ -45,15 +44,6 @@ def test_sinusoidal_module_adds_the_encoding() -> None:
         module(torch.zeros(1, 21, 8))
     with pytest.raises(ValueError, match="d_model=8"):
         module(torch.zeros(1, 3, 6))
-
-
-def test_learned_embedding_adds_a_trainable_vector_per_position() -> None:
-    module = LearnedPositionalEmbedding(10, 4)
-    x = torch.zeros(3, 6, 4)
-    torch.testing.assert_close(module(x)[1], module.embedding.weight[:6])
-    assert module.embedding.weight.requires_grad
-    with pytest.raises(ValueError, match="context_length"):
-        module(torch.zeros(1, 11, 4))
 
 
 def test_rotary_score_depends_only_on_the_offset() -> None:
@@ -108,5 +98,3 @@ def test_bad_sizes_are_rejected() -> None:
         RotaryEmbedding(8).rotate(torch.randn(3, 6))
     with pytest.raises(ValueError, match="do not match"):
         apply_rotary(torch.randn(3, 8), torch.randn(4, 8), torch.randn(4, 8))
-    with pytest.raises(ValueError, match="context_length"):
-        LearnedPositionalEmbedding(0, 4)

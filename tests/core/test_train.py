@@ -146,7 +146,7 @@ def test_bad_loss_and_inputs_fail_clearly() -> None:
         train(model, lambda m, b: m(b[0]).sum() * float("nan"), [classification_batch()], config)
     with pytest.raises(ValueError, match="batches yielded nothing"):
         train(model, cross_entropy, [], config)
-    with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         train("model", cross_entropy, [classification_batch()], config)  # type: ignore[arg-type]
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no parameters with requires_grad=True"):
