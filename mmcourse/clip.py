@@ -2,8 +2,12 @@
 
 Both towers map into one space; after L2 normalisation the cosine similarity of every image with every text,
 times a learned scale, gives the logits; a symmetric cross-entropy asks each image to pick its own text among the
-batch and each text its own image. This module holds the loss, the temperature, and the evaluation: zero-shot
-(零样本) classification by prompts, prompt ensembling, and retrieval Recall@K.
+batch and each text its own image. This module holds the loss, the temperature, the text tower and the two-tower
+model, and the evaluation: zero-shot (零样本) classification by prompts, prompt ensembling, and retrieval Recall@K.
+
+The loss and the forward passes check only shapes; the checks that read the data (ids inside the vocabulary,
+unit-norm embeddings) run once where the data enters: ``check_text_ids`` after tokenizing, ``zero_shot_classify``
+on the embeddings it is given.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,67 +64,58 @@ class LogitScale(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_matrix(embeds: Tensor, name: str) -> None:
-    """Raise ValueError naming ``name`` unless ``embeds`` is a 2-D tensor with at least one row."""
-    if not isinstance(embeds, Tensor) or embeds.dim() != 2:
-        shape = tuple(embeds.shape) if isinstance(embeds, Tensor) else type(embeds).__name__
-        raise ValueError(f"{name} must be a 2-D tensor (rows, D), got shape {shape}")
-    if embeds.size(0) == 0:
-        raise ValueError(f"{name} has no rows")
+def _check_embeds(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor | float) -> None:
+    """Shapes only: two (rows, D) tensors of the same width, and a scalar logit_scale (> 0 when a number)."""
+    for name, embeds in (("image_embeds", image_embeds), ("text_embeds", text_embeds)):
+        if not isinstance(embeds, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(embeds).__name__}")
+        if embeds.dim() != 2 or embeds.size(0) == 0:
+            raise ValueError(f"{name} must be a 2-D tensor (rows, D) with at least one row, got {tuple(embeds.shape)}")
+    if image_embeds.size(-1) != text_embeds.size(-1):
+        raise ValueError(f"image_embeds width {image_embeds.size(-1)} != text_embeds width {text_embeds.size(-1)}: "
+                         "both towers must project into the same space")  # fmt: skip
+    if isinstance(logit_scale, Tensor) and logit_scale.numel() != 1:
+        raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
+    if not isinstance(logit_scale, Tensor) and not logit_scale > 0:
+        raise ValueError(f"logit_scale must be > 0 (it is exp of the learned log scale), got {logit_scale}")
 
 
 def check_normalised(embeds: Tensor, name: str, atol: float = 1e-2) -> None:
-    """Raise ValueError naming ``name`` unless ``embeds`` is (rows, D) with every row of unit L2 norm (within atol)."""
-    _check_matrix(embeds, name)
+    """ValueError naming ``name`` unless every row of ``embeds`` (rows, D) has unit L2 norm (within atol).
+
+    It reads the data (a wait for the device): call it once on embeddings that come from outside, not per step.
+    """
     norms = embeds.detach().float().norm(dim=-1)  # (rows,): float32 even for bf16 embeddings
     worst = (norms - 1).abs().max().item()
     if not worst <= atol:  # also catches NaN
         row = int((norms - 1).abs().nan_to_num(float("inf")).argmax())
-        raise ValueError(
-            f"{name} must be L2-normalised (unit rows, as CLIP requires): row {row} has norm {norms[row].item():.4f}. "
-            f"Use F.normalize({name}, dim=-1)."
-        )
+        raise ValueError(f"{name} must be L2-normalised (unit rows, as CLIP requires): row {row} has norm "
+                         f"{norms[row].item():.4f}. Use F.normalize({name}, dim=-1).")  # fmt: skip
 
 
 def clip_logits(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor | float) -> tuple[Tensor, Tensor]:
     """Scaled cosines of normalised embeddings. Returns (logits_per_image (N, M), logits_per_text (M, N))."""
-    check_normalised(image_embeds, "image_embeds")
-    check_normalised(text_embeds, "text_embeds")
-    if image_embeds.size(-1) != text_embeds.size(-1):
-        raise ValueError(
-            f"image_embeds width {image_embeds.size(-1)} != text_embeds width {text_embeds.size(-1)}: "
-            "both towers must project into the same space"
-        )
-    _check_scale(logit_scale)
+    _check_embeds(image_embeds, text_embeds, logit_scale)
     logits_per_image = logit_scale * image_embeds @ text_embeds.T  # (N, M)
     return logits_per_image, logits_per_image.T  # (N, M), (M, N)
 
 
-def _check_scale(logit_scale: Tensor | float) -> None:
-    """Raise ValueError unless logit_scale is a positive scalar (a float or a one-element tensor)."""
-    value = logit_scale
-    if isinstance(logit_scale, Tensor):
-        if logit_scale.numel() != 1:
-            raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
-        value = logit_scale.detach().item()
-    if not value > 0:
-        raise ValueError(f"logit_scale must be > 0 (it is exp of the learned log scale), got {value}")
+def contrastive_loss(logits_per_image: Tensor) -> Tensor:
+    """Symmetric InfoNCE of square logits (N, N) whose diagonal holds the matching pairs: 0-dim."""
+    targets = torch.arange(logits_per_image.size(0), device=logits_per_image.device)  # (N,): the diagonal
+    image_to_text = F.cross_entropy(logits_per_image, targets)  # each image picks its text
+    text_to_image = F.cross_entropy(logits_per_image.T, targets)  # each text picks its image
+    return (image_to_text + text_to_image) / 2
 
 
 def clip_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor | float) -> Tensor:
-    """Symmetric InfoNCE: mean cross-entropy of image->text and text->image, image i matching text i. 0-dim."""
-    _check_matrix(image_embeds, "image_embeds")
-    _check_matrix(text_embeds, "text_embeds")
+    """The mean cross-entropy of image->text and text->image, image i matching text i, of unit embeddings. 0-dim."""
+    _check_embeds(image_embeds, text_embeds, logit_scale)
     if image_embeds.size(0) != text_embeds.size(0):
-        raise ValueError(
-            f"batch sizes differ: image_embeds has {image_embeds.size(0)} rows, text_embeds {text_embeds.size(0)}; "
-            "the loss pairs image i with text i"
-        )
-    logits_per_image, logits_per_text = clip_logits(image_embeds, text_embeds, logit_scale)  # (N, N), (N, N)
-    targets = torch.arange(logits_per_image.size(0), device=logits_per_image.device)  # (N,): the diagonal
-    image_to_text = F.cross_entropy(logits_per_image, targets)  # each image picks its text
-    text_to_image = F.cross_entropy(logits_per_text, targets)  # each text picks its image
-    return (image_to_text + text_to_image) / 2
+        raise ValueError(f"batch sizes differ: image_embeds has {image_embeds.size(0)} rows, text_embeds "
+                         f"{text_embeds.size(0)}; the loss pairs image i with text i")  # fmt: skip
+    logits_per_image = logit_scale * image_embeds @ text_embeds.T  # (N, N)
+    return contrastive_loss(logits_per_image)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,33 +145,43 @@ class TextEncoderConfig:
             raise ValueError(f"pooling={self.pooling!r} is not one of {TEXT_POOLINGS}")
 
 
+def check_text_ids(input_ids: Tensor, attention_mask: Tensor, vocab_size: int) -> None:
+    """The checks that read the data, run once where texts enter (after tokenizing), not in every forward: ids in
+    [0, vocab_size), and every row right-padded with at least one real token, as the text tower's pooling needs."""
+    check_token_ids("input_ids", input_ids, vocab_size)
+    if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}")
+    lengths = attention_mask.long().sum(dim=-1)  # (batch,)
+    if bool((lengths == 0).any()):
+        raise ValueError("attention_mask has a row with no real token: every text needs at least one")
+    positions = torch.arange(attention_mask.size(-1), device=attention_mask.device)  # (L,)
+    if not torch.equal(attention_mask.bool(), positions < lengths[..., None]):
+        raise ValueError("attention_mask must be right-padded: 1s first, then 0s, in every row")
+
+
 def end_of_text_pool(hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
     """The state of each sequence's last real token — [SEP] from a BERT-style tokenizer: (batch, L, d) → (batch, d).
 
     attention_mask (batch, L), 1 = real token, must be right-padded (real tokens first), as tokenizers pad.
     """
     if hidden_states.dim() != 3 or attention_mask.shape != hidden_states.shape[:2]:
-        raise ValueError(
-            f"hidden_states must be (batch, L, d) and attention_mask (batch, L), got {tuple(hidden_states.shape)} "
-            f"and {tuple(attention_mask.shape)}"
-        )
-    lengths = attention_mask.long().sum(dim=1)  # (batch,)
-    if (lengths == 0).any():
-        raise ValueError("attention_mask has a row with no real token")
-    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)  # (L,)
-    if not torch.equal(attention_mask.bool(), positions < lengths[:, None]):
-        raise ValueError("attention_mask must be right-padded: 1s first, then 0s, in every row")
+        raise ValueError(f"hidden_states must be (batch, L, d) and attention_mask (batch, L), got "
+                         f"{tuple(hidden_states.shape)} and {tuple(attention_mask.shape)}")  # fmt: skip
+    last = attention_mask.long().sum(dim=1) - 1  # (batch,): the last real position
     rows = torch.arange(hidden_states.size(0), device=hidden_states.device)  # (batch,)
-    return hidden_states[rows, lengths - 1]  # (batch, d)
+    return hidden_states[rows, last]  # (batch, d)
 
 
 class TextEncoder(nn.Module):
-    """Token + learned position embeddings → pre-LN encoder layers (padding masked) → LayerNorm → (batch, d_model)."""
+    """Token + learned position embeddings → pre-LN encoder layers (padding masked) → LayerNorm → (batch, d_model).
+
+    Every row needs at least one real token, right-padded (``check_text_ids`` checks a tokenized dataset once).
+    """
 
     def __init__(self, config: TextEncoderConfig) -> None:
         super().__init__()
         if not isinstance(config, TextEncoderConfig):
-            raise ValueError(f"config must be a TextEncoderConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be a TextEncoderConfig, got {type(config).__name__}")
         self.config = config
         self.out_features = config.d_model
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
@@ -190,23 +196,16 @@ class TextEncoder(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """input_ids, attention_mask (batch, L), 1 = real token → (batch, d_model) pooled by ``config.pooling``.
-
-        Every row needs at least one real token: a row of padding alone has nothing to attend to or to pool (its
-        mean would be NaN), so it raises ValueError naming ``attention_mask``, with either pooling.
-        """
+        """input_ids, attention_mask (batch, L), 1 = real token → (batch, d_model) pooled by ``config.pooling``."""
+        if not isinstance(input_ids, Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"input_ids must be an int64 or int32 tensor of token ids, got {type(input_ids).__name__}"
+                            f" {getattr(input_ids, 'dtype', '')}")  # fmt: skip
         if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"input_ids and attention_mask must both be (batch, L), got {tuple(input_ids.shape)} "
-                f"and {tuple(attention_mask.shape)}"
-            )
+            raise ValueError(f"input_ids and attention_mask must both be (batch, L), got {tuple(input_ids.shape)} "
+                             f"and {tuple(attention_mask.shape)}")  # fmt: skip
         if input_ids.size(1) > self.config.context_length:
-            raise ValueError(
-                f"input_ids has {input_ids.size(1)} tokens, more than context_length={self.config.context_length}"
-            )
-        check_token_ids("input_ids", input_ids, self.config.vocab_size)
-        if not bool(attention_mask.bool().any(dim=1).all()):
-            raise ValueError("attention_mask has a row with no real token: every text needs at least one")
+            raise ValueError(f"input_ids has {input_ids.size(1)} tokens, more than context_length="
+                             f"{self.config.context_length}")  # fmt: skip
         positions = torch.arange(input_ids.size(1), device=input_ids.device)  # (L,)
         x = self.dropout(self.token_embedding(input_ids) + self.position_embedding(positions))  # (batch, L, d)
         keep = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, L): no token attends to padding
@@ -228,6 +227,17 @@ class CLIPConfig:
         check_positive_int("embed_dim", self.embed_dim)
 
 
+@dataclass
+class CLIPOutput:
+    """What ``CLIP.forward`` returns for N image-caption pairs (the names of transformers' CLIPOutput)."""
+
+    loss: Tensor  # (): the symmetric contrastive loss
+    logits_per_image: Tensor  # (N, N): image i against every caption, scaled cosines
+    logits_per_text: Tensor  # (N, N): its transpose
+    image_embeds: Tensor  # (N, embed_dim), unit rows
+    text_embeds: Tensor  # (N, embed_dim), unit rows
+
+
 class CLIP(nn.Module):
     """Two towers, each followed by a bias-free linear projection into one space, L2-normalised, and a LogitScale.
 
@@ -239,7 +249,7 @@ class CLIP(nn.Module):
         super().__init__()
         for name, tower in (("image_encoder", image_encoder), ("text_encoder", text_encoder)):
             if not isinstance(tower, nn.Module) or not isinstance(getattr(tower, "out_features", None), int):
-                raise ValueError(f"{name} must be an nn.Module with an int attribute out_features (its output width)")
+                raise TypeError(f"{name} must be an nn.Module with an int attribute out_features (its output width)")
         self.config = config
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -259,18 +269,20 @@ class CLIP(nn.Module):
         """The text tower's outputs (batch, out_features) → (batch, embed_dim), unit rows. With a frozen text tower
         (LiT), its outputs never change, so they can be computed once and fed here."""
         if features.dim() != 2 or features.size(-1) != self.text_encoder.out_features:
-            raise ValueError(
-                f"features must be (batch, {self.text_encoder.out_features}), got shape {tuple(features.shape)}"
-            )
+            raise ValueError(f"features must be (batch, {self.text_encoder.out_features}), got shape "
+                             f"{tuple(features.shape)}")  # fmt: skip
         return F.normalize(self.text_projection(features), dim=-1)
 
-    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns (loss, logits_per_image (N, N), logits_per_text (N, N)) for N image-caption pairs."""
+    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> CLIPOutput:
+        """N image-caption pairs (image i goes with caption i) → a CLIPOutput: loss, logits and embeddings."""
+        if images.size(0) != input_ids.size(0):
+            raise ValueError(f"images and input_ids must have the same batch size (one caption per image), got "
+                             f"{images.size(0)} and {input_ids.size(0)}")  # fmt: skip
         image_embeds = self.encode_image(images)  # (N, D)
         text_embeds = self.encode_text(input_ids, attention_mask)  # (N, D)
-        scale = self.logit_scale()
-        logits_per_image, logits_per_text = clip_logits(image_embeds, text_embeds, scale)  # (N, N), (N, N)
-        return clip_loss(image_embeds, text_embeds, scale), logits_per_image, logits_per_text
+        logits_per_image, logits_per_text = clip_logits(image_embeds, text_embeds, self.logit_scale())  # (N, N) each
+        return CLIPOutput(contrastive_loss(logits_per_image), logits_per_image, logits_per_text, image_embeds,
+                          text_embeds)  # fmt: skip
 
 
 def in_batch_accuracy(logits_per_image: Tensor) -> float:
@@ -279,6 +291,18 @@ def in_batch_accuracy(logits_per_image: Tensor) -> float:
         raise ValueError(f"logits_per_image must be square (N, N), got shape {tuple(logits_per_image.shape)}")
     targets = torch.arange(logits_per_image.size(0), device=logits_per_image.device)  # (N,)
     return (logits_per_image.argmax(dim=-1) == targets).float().mean().item()
+
+
+def last_hidden_state(output: Any) -> Tensor:
+    """An encoder's last-layer vectors (batch, L, d): a tensor, our BertOutput's .hidden_states, or a transformers
+    output's .last_hidden_state (whose .hidden_states is a tuple of every layer's)."""
+    hidden_states = output if isinstance(output, Tensor) else getattr(output, "last_hidden_state", None)
+    if hidden_states is None:
+        hidden_states = getattr(output, "hidden_states", None)
+    if not isinstance(hidden_states, Tensor) or hidden_states.dim() != 3:
+        raise TypeError(f"the encoder must return (batch, L, d) vectors: a tensor, .last_hidden_state (transformers) "
+                        f"or .hidden_states (mmcourse BertModel), got {type(output).__name__}")  # fmt: skip
+    return hidden_states
 
 
 class LockedTextTower(nn.Module):
@@ -303,10 +327,7 @@ class LockedTextTower(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(batch, L) ids and mask → (batch, out_features), without building a graph."""
         with torch.no_grad():
-            output = self.encoder(input_ids, attention_mask=attention_mask)
-        # our BertOutput.hidden_states, a transformers output's last_hidden_state, or a plain tensor: (batch, L, hidden)
-        hidden_states = getattr(output, "last_hidden_state", None)
-        hidden_states = getattr(output, "hidden_states", output) if hidden_states is None else hidden_states
+            hidden_states = last_hidden_state(self.encoder(input_ids, attention_mask=attention_mask))  # (batch, L, h)
         if hidden_states.size(-1) != self.out_features:
             raise ValueError(
                 f"the encoder returns width {hidden_states.size(-1)}, not out_features={self.out_features}"
@@ -319,7 +340,7 @@ def hf_clip_embeddings(
 ) -> tuple[Tensor, Tensor]:
     """A transformers ``CLIPModel``'s L2-normalised (image_embeds (N, D), text_embeds (M, D)), for our functions."""
     if getattr(getattr(hf_model, "config", None), "model_type", None) != "clip":
-        raise ValueError(f"hf_model must be a transformers CLIPModel, got {type(hf_model).__name__}")
+        raise TypeError(f"hf_model must be a transformers CLIPModel, got {type(hf_model).__name__}")
     with torch.no_grad():
         image = hf_model.get_image_features(pixel_values=pixel_values)
         text = hf_model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
@@ -335,11 +356,9 @@ def hf_clip_embeddings(
 
 def prompt_ensemble(text_embeds: Tensor) -> Tensor:
     """One embedding per class from several prompt templates: (templates, C, D) -> (C, D), normalise-mean-normalise."""
-    if not isinstance(text_embeds, Tensor) or text_embeds.dim() != 3:
+    if not isinstance(text_embeds, Tensor) or text_embeds.dim() != 3 or text_embeds.size(0) == 0:
         shape = tuple(text_embeds.shape) if isinstance(text_embeds, Tensor) else type(text_embeds).__name__
-        raise ValueError(f"text_embeds must be (templates, classes, D), got shape {shape}")
-    if text_embeds.size(0) == 0:
-        raise ValueError("text_embeds has no templates")
+        raise ValueError(f"text_embeds must be (templates, classes, D) with at least one template, got {shape}")
     mean = F.normalize(text_embeds, dim=-1).mean(dim=0)  # (C, D)
     return F.normalize(mean, dim=-1)  # (C, D)
 
@@ -347,8 +366,13 @@ def prompt_ensemble(text_embeds: Tensor) -> Tensor:
 def zero_shot_classify(
     image_embeds: Tensor, class_text_embeds: Tensor, logit_scale: Tensor | float = 100.0
 ) -> tuple[Tensor, Tensor]:
-    """Each image's class = the prompt it is most similar to. Returns (probabilities (N, C), predictions (N,))."""
-    logits_per_image, _ = clip_logits(image_embeds, class_text_embeds, logit_scale)  # (N, C)
+    """Each image's class = the prompt it is most similar to. Returns (probabilities (N, C), predictions (N,)).
+
+    The embeddings come from outside (a model, transformers): here, once per call, they are checked to be unit.
+    """
+    logits_per_image, _ = clip_logits(image_embeds, class_text_embeds, logit_scale)  # (N, C), after shape checks
+    check_normalised(image_embeds, "image_embeds")
+    check_normalised(class_text_embeds, "text_embeds")
     probabilities = logits_per_image.softmax(dim=-1)  # (N, C)
     return probabilities, logits_per_image.argmax(dim=-1)  # (N, C), (N,)
 
@@ -359,21 +383,18 @@ def recall_at_k(similarity: Tensor, relevant: Tensor, ks: Sequence[int] = (1, 5,
     similarity: (queries, items); relevant: (queries, items) bool, True where the item answers the query (several may,
     when captions are not unique). Ties in similarity are broken by torch.topk's order.
     """
-    if not isinstance(similarity, Tensor) or similarity.dim() != 2:
+    if not isinstance(similarity, Tensor) or similarity.dim() != 2 or similarity.size(0) == 0:
         shape = tuple(similarity.shape) if isinstance(similarity, Tensor) else type(similarity).__name__
-        raise ValueError(f"similarity must be (queries, items), got shape {shape}")
+        raise ValueError(f"similarity must be (queries, items) with at least one query, got shape {shape}")
     if not isinstance(relevant, Tensor) or relevant.shape != similarity.shape:
         shape = tuple(relevant.shape) if isinstance(relevant, Tensor) else type(relevant).__name__
         raise ValueError(f"relevant must have the shape of similarity {tuple(similarity.shape)}, got {shape}")
     if relevant.dtype != torch.bool:
-        raise ValueError(f"relevant must be a bool tensor, got dtype {relevant.dtype}")
-    queries, items = similarity.shape
-    if queries == 0:
-        raise ValueError("similarity has no queries")
+        raise TypeError(f"relevant must be a bool tensor, got dtype {relevant.dtype}")
     without = (~relevant.any(dim=-1)).nonzero().flatten()  # (missing,)
     if len(without):
         raise ValueError(f"every query needs a relevant item; queries {without[:5].tolist()} have none")
-    ks = tuple(ks)
+    ks, items = tuple(ks), similarity.size(1)
     if not ks or any(not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= items for k in ks):
         raise ValueError(f"ks must be ints in [1, items={items}], got {ks}")
     top = similarity.topk(max(ks), dim=-1).indices  # (queries, max_k): most similar first

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from torch import Tensor, nn
 
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_finite_number, check_int, check_positive_int
 
 Item = TypeVar("Item")
 
@@ -51,8 +51,7 @@ class ReplayBuffer(Generic[Item]):
 
     def sample(self, n: int) -> list[Item]:
         """n stored examples drawn uniformly without replacement (all of them, shuffled, if fewer are stored)."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        check_int("n", n, minimum=0)
         if not self.items:
             raise ValueError("the buffer is empty: add examples before sampling")
         return self.rng.sample(self.items, min(n, len(self.items)))
@@ -90,7 +89,8 @@ class EWC:
     is (λ/2) Σ F (θ - θ*)² over those parameters. Consolidating again adds the new task's term to the old ones."""
 
     def __init__(self, strength: float) -> None:
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength < 0:
+        check_finite_number("strength", strength)
+        if strength < 0:
             raise ValueError(f"strength must be a number >= 0, got {strength!r}")
         self.strength = float(strength)
         self.terms: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []  # (anchors θ*, Fisher F) per task

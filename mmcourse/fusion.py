@@ -16,7 +16,8 @@ a caption. The models differ in *where* the modalities meet:
 - encoder–decoder: ``ImageCaptioner``, a ViT whose patch states a Transformer decoder cross-attends to.
 
 Every VQA model is called ``model(images, input_ids, attention_mask)`` → logits (batch, n_answers), with
-``attention_mask`` 1 for real tokens, and raises ValueError when the image and question batches differ.
+``attention_mask`` 1 for real tokens. The forward passes check shapes only: the ids come from
+:class:`mmcourse.data.vqa.WordVocabulary`, which only writes ids of its vocabulary and refuses an empty text.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from mmcourse.attention import causal_mask, padding_mask
-from mmcourse.checks import check_positive_int, check_token_ids
+from mmcourse.bert import mean_pool
+from mmcourse.checks import check_int, check_positive_int
 from mmcourse.layers import DecoderLayer, EncoderLayer
 from mmcourse.transformer import Decoder, TransformerConfig
-from mmcourse.vision import PatchEmbedding, VisionTransformer, ViTConfig
+from mmcourse.vision import PatchEmbedding, VisionTransformer, ViTConfig, check_images
 
 
 @dataclass(frozen=True)
@@ -53,15 +55,9 @@ class FusionConfig:
     image_position_std: float = 0.5  # initial scale of the image's learned position embeddings (see image_tower)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_answers", "context_length", "image_size", "patch_size", "channels", "d_model",
-                     "n_heads", "n_layers", "n_fusion_layers", "d_ff", "head_hidden"):  # fmt: skip
+        for name in ("vocab_size", "n_answers", "context_length", "n_fusion_layers", "head_hidden"):
             check_positive_int(name, getattr(self, name))
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self.vit_config()  # checks the image and width fields: sizes, divisibility, dropout
         if not self.image_position_std > 0:
             raise ValueError(f"image_position_std must be > 0, got {self.image_position_std}")
 
@@ -91,32 +87,19 @@ def image_tower(vit_config: ViTConfig, position_std: float) -> VisionTransformer
 
 
 def check_vqa_inputs(images: Tensor, input_ids: Tensor, attention_mask: Tensor, config: FusionConfig) -> None:
-    """Raise ValueError naming the bad argument unless images (B, C, H, W) go with input_ids and mask (B, L)."""
-    expected = (config.channels, config.image_size, config.image_size)
-    if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != expected:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be (batch, {', '.join(map(str, expected))}), got shape {shape}")
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(
-            f"input_ids must be an integer tensor (batch, L), got {getattr(input_ids, 'shape', input_ids)}"
-        )
-    if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
-        shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
-        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {shape}")
+    """Shapes and types only: images (B, C, H, W) float, input_ids (B, L) integer, attention_mask (B, L)."""
+    check_images(images, config.channels, config.image_size)
+    if not isinstance(input_ids, Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must be an integer tensor (batch, L), got {getattr(input_ids, 'dtype', input_ids)}")
+    if input_ids.dim() != 2 or not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
+        shape = getattr(attention_mask, "shape", attention_mask)
+        raise ValueError(f"input_ids must be (batch, L) and attention_mask must have the shape of input_ids, got "
+                         f"{tuple(input_ids.shape)} and {shape}")  # fmt: skip
     if images.size(0) != input_ids.size(0):
         raise ValueError(f"images and input_ids must have the same batch size (one question per image), got "
                          f"images {images.size(0)} and input_ids {input_ids.size(0)}")  # fmt: skip
     if input_ids.size(1) > config.context_length:
         raise ValueError(f"input_ids has {input_ids.size(1)} tokens, more than context_length={config.context_length}")
-    check_token_ids("input_ids", input_ids, config.vocab_size)
-    if (attention_mask.sum(dim=1) == 0).any():
-        raise ValueError("attention_mask has a row with no real token: every question needs at least one word")
-
-
-def masked_mean(hidden_states: Tensor, attention_mask: Tensor) -> Tensor:
-    """Mean of the real tokens' states: (batch, L, d), mask (batch, L) with 1 = real → (batch, d)."""
-    weights = attention_mask[..., None].to(hidden_states.dtype)  # (batch, L, 1)
-    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)  # (batch, d)
 
 
 def answer_head(in_features: int, config: FusionConfig) -> nn.Sequential:
@@ -129,20 +112,24 @@ def answer_head(in_features: int, config: FusionConfig) -> nn.Sequential:
     )
 
 
+def encoder_layers(config: FusionConfig, count: int) -> nn.ModuleList:
+    """``count`` of chapter 2's pre-LN encoder layers (GELU) at the config's widths."""
+    return nn.ModuleList(
+        EncoderLayer(config.d_model, config.n_heads, config.d_ff, config.dropout, "gelu", norm_first=True)
+        for _ in range(count)
+    )
+
+
 class TextTower(nn.Module):
     """Word + learned position embeddings → pre-LN encoder layers (padding masked) → LayerNorm: the question's
     token states (batch, L, d_model); ``forward`` pools them by the mean of the real tokens."""
 
     def __init__(self, config: FusionConfig) -> None:
         super().__init__()
-        self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         nn.init.normal_(self.token_embedding.weight, std=0.02)  # the scale of the positions: word order stays visible
         self.position_embedding = nn.Parameter(torch.randn(1, config.context_length, config.d_model) * 0.02)
-        self.layers = nn.ModuleList(
-            EncoderLayer(config.d_model, config.n_heads, config.d_ff, config.dropout, "gelu", norm_first=True)
-            for _ in range(config.n_layers)
-        )
+        self.layers = encoder_layers(config, config.n_layers)
         self.norm = nn.LayerNorm(config.d_model)
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -155,7 +142,7 @@ class TextTower(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(batch, L) → (batch, d_model): the mean of the real tokens' states."""
-        return masked_mean(self.hidden_states(input_ids, attention_mask), attention_mask)
+        return mean_pool(self.hidden_states(input_ids, attention_mask), attention_mask)
 
 
 class QuestionOnlyModel(nn.Module):
@@ -189,7 +176,7 @@ class ImageOnlyModel(nn.Module):
         return self.head(self.image_encoder(images))  # (batch, n_answers)
 
 
-COMBINATIONS = ("concat", "product", "concat_product")
+COMBINATIONS = {"concat": 2, "product": 1, "concat_product": 3}  # how to combine t and v → width in d_model
 
 
 class LateFusionModel(nn.Module):
@@ -199,12 +186,11 @@ class LateFusionModel(nn.Module):
     def __init__(self, config: FusionConfig, combine: str = "concat_product") -> None:
         super().__init__()
         if combine not in COMBINATIONS:
-            raise ValueError(f"combine={combine!r} is not one of {COMBINATIONS}")
+            raise ValueError(f"combine={combine!r} is not one of {tuple(COMBINATIONS)}")
         self.config, self.combine = config, combine
         self.text_encoder = TextTower(config)
         self.image_encoder = image_tower(config.vit_config(), config.image_position_std)
-        width = {"concat": 2, "product": 1, "concat_product": 3}[combine] * config.d_model
-        self.head = answer_head(width, config)
+        self.head = answer_head(COMBINATIONS[combine] * config.d_model, config)
 
     def fuse(self, text_vector: Tensor, image_vector: Tensor) -> Tensor:
         """(batch, d), (batch, d) → the combined vector (batch, k·d)."""
@@ -242,13 +228,13 @@ class LSTMCNNModel(nn.Module):
             raise ValueError(f"conv_widths must be two ints (the two convolutions), got {conv_widths!r}")
         for width in conv_widths:
             check_positive_int("conv_widths", width)
+        side = ((config.image_size - 2) // 2 - 2) // 2  # two valid 3x3 convolutions, each followed by a 2x2 pool
+        if side < 1:
+            raise ValueError(f"image_size={config.image_size} is too small for two conv + pool stages")
         self.config, self.respect_padding = config, respect_padding
         hidden = config.d_model
         self.embedding = nn.Embedding(config.vocab_size, embedding_dim)
         self.lstm = nn.LSTM(embedding_dim, hidden, batch_first=True)
-        side = ((config.image_size - 2) // 2 - 2) // 2  # two valid 3x3 convolutions, each followed by a 2x2 pool
-        if side < 1:
-            raise ValueError(f"image_size={config.image_size} is too small for two conv + pool stages")
         self.image_encoder = nn.Sequential(
             nn.Conv2d(config.channels, conv_widths[0], 3),
             nn.ReLU(),
@@ -301,10 +287,7 @@ class EarlyFusionModel(nn.Module):
         self.modality_embedding = nn.Embedding(2, d_model)
         for embedding in (self.token_embedding, self.modality_embedding):
             nn.init.normal_(embedding.weight, std=0.02)  # N(0, 1) would drown the patches and the positions
-        self.layers = nn.ModuleList(
-            EncoderLayer(d_model, config.n_heads, config.d_ff, config.dropout, "gelu", norm_first=True)
-            for _ in range(config.n_layers + config.n_fusion_layers)  # as deep as a tower plus the fusion layers
-        )
+        self.layers = encoder_layers(config, config.n_layers + config.n_fusion_layers)  # a tower + fusion deep
         self.norm = nn.LayerNorm(d_model)
         self.head = answer_head(d_model, config)
 
@@ -332,7 +315,8 @@ class EarlyFusionModel(nn.Module):
 class CrossAttentionFusionModel(nn.Module):
     """Cross-attention fusion: a text tower and a ViT encode apart; then ``n_fusion_layers`` of chapter 2's decoder
     layer, with a padding mask instead of a causal one, let every word attend to the other words and to the image
-    patches. The answer is read off the mean of the real words' fused states."""
+    patches. The answer is read off the mean of the real words' fused states; ``cross_attention_weights`` shows
+    where each word looked."""
 
     def __init__(self, config: FusionConfig) -> None:
         super().__init__()
@@ -346,32 +330,33 @@ class CrossAttentionFusionModel(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
         self.head = answer_head(config.d_model, config)
 
-    def fused_states(
-        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, need_weights: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
-        """Words after fusion (batch, L, d_model) and, if asked, the cross-attention weights over the patches
-        (n_fusion_layers, batch, n_heads, L, n_patches)."""
+    def _encode(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The towers' outputs: words (batch, L, d), patches (batch, P, d) and the words' key mask."""
         check_vqa_inputs(images, input_ids, attention_mask, self.config)
         words = self.text_encoder.hidden_states(input_ids, attention_mask)  # (batch, L, d)
-        image_states, _ = self.image_encoder.hidden_states(images)  # (batch, 1 + P, d)
-        patches = image_states[:, 1:]  # (batch, P, d): the patches, without the ViT's [CLS]
-        keep = padding_mask(attention_mask)  # (batch, 1, 1, L): words attend to real words only
+        patches = self.image_encoder.hidden_states(images)[:, 1:]  # (batch, P, d): without the ViT's [CLS]
+        return words, patches, padding_mask(attention_mask)  # keep (batch, 1, 1, L): words attend to real words
+
+    def fused_states(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Words after fusion: (batch, L, d_model)."""
+        words, patches, keep = self._encode(images, input_ids, attention_mask)
+        for layer in self.fusion_layers:
+            words, _, _ = layer(words, patches, self_mask=keep)  # (batch, L, d_model)
+        return self.norm(words)
+
+    def cross_attention_weights(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Words over patches: (n_fusion_layers, batch, n_heads, L, n_patches); each row sums to 1."""
+        words, patches, keep = self._encode(images, input_ids, attention_mask)
         weights = []
         for layer in self.fusion_layers:
-            words, _, cross_weights = layer(words, patches, self_mask=keep, need_weights=need_weights)
-            if need_weights:
-                weights.append(cross_weights)  # (batch, n_heads, L, P)
-        return self.norm(words), (torch.stack(weights) if need_weights else None)
-
-    def attention_maps(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Cross-attention weights (n_fusion_layers, batch, n_heads, L, n_patches); each row sums to 1."""
-        _, weights = self.fused_states(images, input_ids, attention_mask, need_weights=True)
-        return weights
+            words, _, cross_weights = layer(words, patches, self_mask=keep, need_weights=True)
+            weights.append(cross_weights)  # (batch, n_heads, L, P)
+        return torch.stack(weights)
 
     def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """→ logits (batch, n_answers)."""
-        words, _ = self.fused_states(images, input_ids, attention_mask)  # (batch, L, d_model)
-        return self.head(masked_mean(words, attention_mask))  # (batch, n_answers)
+        words = self.fused_states(images, input_ids, attention_mask)  # (batch, L, d_model)
+        return self.head(mean_pool(words, attention_mask))  # (batch, n_answers)
 
 
 VQA_MODELS = {
@@ -382,28 +367,6 @@ VQA_MODELS = {
     "early fusion": EarlyFusionModel,
     "cross-attention fusion": CrossAttentionFusionModel,
 }
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, images: Tensor, input_ids: Tensor, attention_mask: Tensor, batch_size: int = 500
-) -> Tensor:
-    """The model's answer ids (N,) for N (image, question) pairs, in chunks, in eval mode (restored after)."""
-    check_positive_int("batch_size", batch_size)
-    if images.size(0) != input_ids.size(0):
-        raise ValueError(f"images and input_ids must have the same batch size, got {images.size(0)} and "
-                         f"{input_ids.size(0)}")  # fmt: skip
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    answers = []
-    for start in range(0, images.size(0), batch_size):
-        chunk = slice(start, start + batch_size)
-        logits = model(images[chunk].to(device), input_ids[chunk].to(device), attention_mask[chunk].to(device))
-        answers.append(logits.argmax(dim=-1).cpu())  # (chunk,)
-    model.train(was_training)
-    return torch.cat(answers)  # (N,)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Encoder–fusion–decoder: an image captioner
@@ -427,17 +390,19 @@ class CaptionerConfig:
     image_position_std: float = 0.5  # as FusionConfig's: see image_tower
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "image_size", "patch_size", "channels", "d_model", "n_heads",
-                     "n_encoder_layers", "n_decoder_layers", "d_ff"):  # fmt: skip
+        for name in ("vocab_size", "context_length", "n_encoder_layers", "n_decoder_layers"):
             check_positive_int(name, getattr(self, name))
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
+        self.vit_config()  # checks the image and width fields: sizes, divisibility, dropout
         if not self.image_position_std > 0:
             raise ValueError(f"image_position_std must be > 0, got {self.image_position_std}")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}")
+
+    def vit_config(self) -> ViTConfig:
+        """The image encoder: chapter 5's ViT at this config's sizes."""
+        return ViTConfig(image_size=self.image_size, patch_size=self.patch_size, channels=self.channels,
+                         d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_encoder_layers,
+                         d_ff=self.d_ff, dropout=self.dropout)  # fmt: skip
 
 
 class ImageCaptioner(nn.Module):
@@ -446,25 +411,15 @@ class ImageCaptioner(nn.Module):
 
     ``encode`` and ``decode`` have the signatures of :class:`mmcourse.transformer.Seq2SeqTransformer`, so
     :func:`mmcourse.generation.greedy_decode` and :func:`~mmcourse.generation.beam_search` work unchanged, given the
-    images as the source and an all-ones memory mask (see ``caption_images``).
+    images as the source and an all-ones memory mask (see ``caption_images``, which checks the ids once).
     """
 
     def __init__(self, config: CaptionerConfig) -> None:
         super().__init__()
         if not isinstance(config, CaptionerConfig):
-            raise ValueError(f"config must be a CaptionerConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be a CaptionerConfig, got {type(config).__name__}")
         self.config = config
-        vit_config = ViTConfig(
-            image_size=config.image_size,
-            patch_size=config.patch_size,
-            channels=config.channels,
-            d_model=config.d_model,
-            n_heads=config.n_heads,
-            n_layers=config.n_encoder_layers,
-            d_ff=config.d_ff,
-            dropout=config.dropout,
-        )
-        self.image_encoder = image_tower(vit_config, config.image_position_std)
+        self.image_encoder = image_tower(config.vit_config(), config.image_position_std)
         decoder_config = TransformerConfig(  # only the decoder's fields are read
             src_vocab_size=config.vocab_size, tgt_vocab_size=config.vocab_size, d_model=config.d_model,
             n_heads=config.n_heads, n_decoder_layers=config.n_decoder_layers, d_ff=config.d_ff,
@@ -484,15 +439,34 @@ class ImageCaptioner(nn.Module):
         return 1 + (self.config.image_size // self.config.patch_size) ** 2
 
     def encode(self, images: Tensor, src_attention_mask: Tensor | None = None) -> Tensor:
-        """images (batch, C, H, W) → memory (batch, 1 + P, d_model). Every memory position is real, so
-        ``src_attention_mask`` is only checked: None or all ones (batch, 1 + P)."""
-        if src_attention_mask is not None and (
-            src_attention_mask.shape != (images.size(0), self.n_memory) or not bool(src_attention_mask.all())
-        ):
-            raise ValueError(f"src_attention_mask must be None or all ones of shape (batch, {self.n_memory}), got "
+        """images (batch, C, H, W) → memory (batch, 1 + P, d_model). Every memory position is real:
+        ``src_attention_mask``, when given, must be (batch, 1 + P); ``decode`` is the one that uses it."""
+        if src_attention_mask is not None and src_attention_mask.shape != (images.size(0), self.n_memory):
+            raise ValueError(f"src_attention_mask must be None or of shape (batch, {self.n_memory}), got "
                              f"{tuple(src_attention_mask.shape)}")  # fmt: skip
-        states, _ = self.image_encoder.hidden_states(images)  # (batch, 1 + P, d_model)
-        return states
+        return self.image_encoder.hidden_states(images)  # (batch, 1 + P, d_model)
+
+    def _decode_states(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        src_attention_mask: Tensor | None,
+        tgt_attention_mask: Tensor | None,
+        need_weights: bool,
+    ) -> tuple[Tensor, list[Tensor] | None, list[Tensor] | None]:
+        """The decoder's states (batch, T, d_model) and, with ``need_weights``, its per-layer attention weights."""
+        if tgt_ids.dim() != 2 or not 1 <= tgt_ids.size(1) <= self.config.context_length:
+            raise ValueError(f"tgt_ids must be (batch, T) with 1 <= T <= context_length={self.config.context_length},"
+                             f" got {tuple(tgt_ids.shape)}")  # fmt: skip
+        if memory.dim() != 3 or memory.size(0) != tgt_ids.size(0) or memory.size(-1) != self.config.d_model:
+            raise ValueError(f"memory must be (batch={tgt_ids.size(0)}, S, d_model={self.config.d_model}), got "
+                             f"{tuple(memory.shape)}")  # fmt: skip
+        if tgt_attention_mask is None:
+            tgt_attention_mask = (tgt_ids != self.config.pad_id).long()  # (batch, T)
+        self_mask = causal_mask(tgt_ids.size(1), device=tgt_ids.device) & padding_mask(tgt_attention_mask)
+        memory_mask = None if src_attention_mask is None else padding_mask(src_attention_mask)  # (batch, 1, 1, S)
+        x = self.token_embedding(tgt_ids) + self.position_embedding[:, : tgt_ids.size(1)]  # (batch, T, d_model)
+        return self.decoder(x, memory, self_mask, memory_mask, need_weights)
 
     def decode(
         self,
@@ -500,33 +474,26 @@ class ImageCaptioner(nn.Module):
         memory: Tensor,
         src_attention_mask: Tensor | None = None,
         tgt_attention_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """tgt_ids (batch, T) → logits (batch, T, vocab_size); with ``need_weights`` also the cross-attention
-        weights (n_decoder_layers, batch, n_heads, T, 1 + P)."""
-        config = self.config
-        if tgt_ids.dim() != 2 or not 1 <= tgt_ids.size(1) <= config.context_length:
-            raise ValueError(f"tgt_ids must be (batch, T) with 1 <= T <= context_length={config.context_length}, got "
-                             f"{tuple(tgt_ids.shape)}")  # fmt: skip
-        if memory.dim() != 3 or memory.size(0) != tgt_ids.size(0) or memory.size(-1) != config.d_model:
-            raise ValueError(f"memory must be (batch={tgt_ids.size(0)}, S, d_model={config.d_model}), got "
-                             f"{tuple(memory.shape)}")  # fmt: skip
-        if tgt_attention_mask is None:
-            tgt_attention_mask = (tgt_ids != config.pad_id).long()  # (batch, T)
-        self_mask = causal_mask(tgt_ids.size(1), device=tgt_ids.device) & padding_mask(tgt_attention_mask)
-        memory_mask = None if src_attention_mask is None else padding_mask(src_attention_mask)  # (batch, 1, 1, S)
-        x = self.token_embedding(tgt_ids) + self.position_embedding[:, : tgt_ids.size(1)]  # (batch, T, d_model)
-        x, _, cross_weights = self.decoder(x, memory, self_mask, memory_mask, need_weights)  # (batch, T, d_model)
-        logits = self.output_projection(x)  # (batch, T, vocab_size)
-        return (logits, torch.stack(cross_weights)) if need_weights else logits
+    ) -> Tensor:
+        """tgt_ids (batch, T), memory (batch, 1 + P, d_model) → logits (batch, T, vocab_size). Shapes only: the
+        ids are checked once by whoever feeds them (``caption_images``, a vocabulary), not once per token."""
+        states, _, _ = self._decode_states(tgt_ids, memory, src_attention_mask, tgt_attention_mask, False)
+        return self.output_projection(states)  # (batch, T, vocab_size)
+
+    def cross_attention_weights(
+        self, images: Tensor, tgt_ids: Tensor, tgt_attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Caption tokens over the image: (n_decoder_layers, batch, n_heads, T, 1 + P); each row sums to 1."""
+        _, _, weights = self._decode_states(tgt_ids, self.encode(images), None, tgt_attention_mask, True)
+        return torch.stack(weights)
 
     def forward(self, images: Tensor, tgt_ids: Tensor, tgt_attention_mask: Tensor | None = None) -> Tensor:
-        """Teacher forcing: images (batch, C, H, W), caption prefix (batch, T) → logits (batch, T, vocab_size).
-        The ids' range is checked here, once; ``decode``, which generation calls once per token, leaves it out."""
+        """Teacher forcing: images (batch, C, H, W), caption prefix (batch, T) → logits (batch, T, vocab_size)."""
         if images.dim() != 4 or images.size(0) != tgt_ids.size(0):
             raise ValueError(f"images must be (batch, C, H, W) with the batch of tgt_ids {tuple(tgt_ids.shape)}, got "
                              f"{tuple(images.shape)}")  # fmt: skip
-        check_token_ids("tgt_ids", tgt_ids, self.config.vocab_size)
+        if tgt_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tgt_ids must be an int64 or int32 tensor of token ids, got {tgt_ids.dtype}")
         return self.decode(tgt_ids, self.encode(images), None, tgt_attention_mask)
 
 
@@ -534,12 +501,22 @@ def caption_images(
     model: ImageCaptioner, images: Tensor, bos_id: int, eos_id: int, max_length: int, beam_size: int = 1
 ) -> Tensor:
     """Captions (batch, ≤ max_length) of images (batch, C, H, W): greedy when ``beam_size`` is 1, else the best
-    beam of :func:`mmcourse.generation.beam_search`. Ends in ``<eos>``, padded after it."""
+    beam of :func:`mmcourse.generation.beam_search`. Ends in ``<eos>``, padded after it.
+
+    The ids that enter the decoder are checked here, once, not at every generated token."""
     from mmcourse.generation import beam_search, greedy_decode
 
     if not isinstance(model, ImageCaptioner):
-        raise ValueError(f"model must be an ImageCaptioner, got {type(model).__name__}")
+        raise TypeError(f"model must be an ImageCaptioner, got {type(model).__name__}")
+    config = model.config
     check_positive_int("beam_size", beam_size)
+    check_positive_int("max_length", max_length)
+    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
+        check_int(name, value)
+        if not 0 <= value < config.vocab_size:
+            raise ValueError(f"{name} must be an id in [0, vocab_size={config.vocab_size}), got {value!r}")
+    if max_length > config.context_length:
+        raise ValueError(f"max_length={max_length} is more than the captioner's context_length={config.context_length}")
     if images.dim() != 4:
         raise ValueError(f"images must be (batch, C, H, W), got shape {tuple(images.shape)}")
     memory_mask = torch.ones(images.size(0), model.n_memory, dtype=torch.long, device=images.device)  # all real

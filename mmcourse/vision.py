@@ -18,17 +18,18 @@ from torch import Tensor, nn
 from mmcourse.checks import check_positive_int
 from mmcourse.layers import EncoderLayer
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean")  # an encoder's vector: token 0's final state ([CLS]), or the mean of the token states
 
 
-def _check_images(images: Tensor, channels: int, image_size: int) -> None:
-    """Raise ValueError unless images is a float (batch, channels, image_size, image_size) tensor."""
-    expected = ("batch", channels, image_size, image_size)
-    if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != expected[1:]:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be (batch, {channels}, {image_size}, {image_size}), got shape {shape}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor (pixel values in [0, 1]), got dtype {images.dtype}")
+def check_images(images: Tensor, channels: int, image_size: int) -> None:
+    """TypeError unless ``images`` is a float tensor; ValueError unless it is (batch, channels, size, size)."""
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        kind = f"a {images.dtype} tensor" if isinstance(images, Tensor) else type(images).__name__
+        raise TypeError(f"images must be a float tensor (pixel values in [0, 1]), got {kind}")
+    if images.dim() != 4 or tuple(images.shape[1:]) != (channels, image_size, image_size):
+        raise ValueError(
+            f"images must be (batch, {channels}, {image_size}, {image_size}), got shape {tuple(images.shape)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -85,17 +86,21 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """(batch, C, H, W) → (batch, n_patches, d_model)."""
-        _check_images(images, self.config.channels, self.config.image_size)
+        check_images(images, self.config.channels, self.config.image_size)
         return self.projection(images).flatten(2).transpose(1, 2)  # (batch, n_patches, d_model)
 
 
 class VisionTransformer(nn.Module):
-    """Patch embedding + [CLS] + learned positions → pre-LN encoder layers → LayerNorm → pooled (batch, d_model)."""
+    """Patch embedding + [CLS] + learned positions → pre-LN encoder layers → LayerNorm → pooled (batch, d_model).
+
+    ``forward`` returns the image's vector; ``hidden_states`` every token's final state; ``attention_weights``
+    every layer's self-attention weights.
+    """
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         if not isinstance(config, ViTConfig):
-            raise ValueError(f"config must be a ViTConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
         self.config = config
         self.out_features = config.d_model
         self.patch_embedding = PatchEmbedding(config)
@@ -108,21 +113,30 @@ class VisionTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(config.d_model)
 
-    def hidden_states(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
-        """Final states (batch, 1 + n_patches, d_model), [CLS] first, and each layer's attention weights if asked."""
+    def embed(self, images: Tensor) -> Tensor:
+        """The encoder's input: [CLS], then the patch vectors, positions added: (batch, 1 + n_patches, d_model)."""
         patches = self.patch_embedding(images)  # (batch, n_patches, d_model)
         cls = self.cls_token.expand(patches.size(0), -1, -1)  # (batch, 1, d_model)
-        x = self.dropout(torch.cat([cls, patches], dim=1) + self.position_embedding)  # (batch, 1 + P, d_model)
-        attentions = []
+        return self.dropout(torch.cat([cls, patches], dim=1) + self.position_embedding)  # (batch, 1 + P, d_model)
+
+    def hidden_states(self, images: Tensor) -> Tensor:
+        """Final states (batch, 1 + n_patches, d_model), [CLS] first."""
+        x = self.embed(images)  # (batch, 1 + P, d_model)
         for layer in self.layers:
-            x, attn_weights = layer(x, need_weights=need_weights)  # (batch, 1 + P, d_model)
-            if need_weights:
-                attentions.append(attn_weights)  # (batch, n_heads, 1 + P, 1 + P)
-        return self.norm(x), attentions
+            x, _ = layer(x)  # (batch, 1 + P, d_model)
+        return self.norm(x)
+
+    def attention_weights(self, images: Tensor) -> Tensor:
+        """Every layer's self-attention weights, stacked: (n_layers, batch, n_heads, 1 + P, 1 + P)."""
+        x, weights = self.embed(images), []
+        for layer in self.layers:
+            x, attn_weights = layer(x, need_weights=True)  # attn_weights: (batch, n_heads, 1 + P, 1 + P)
+            weights.append(attn_weights)
+        return torch.stack(weights)
 
     def forward(self, images: Tensor) -> Tensor:
         """(batch, C, H, W) → (batch, d_model): the [CLS] state, or the mean patch state."""
-        states, _ = self.hidden_states(images)  # (batch, 1 + P, d_model)
+        states = self.hidden_states(images)  # (batch, 1 + P, d_model)
         return states[:, 0] if self.config.pooling == "cls" else states[:, 1:].mean(dim=1)
 
 
@@ -134,18 +148,15 @@ class CNNConfig:
     out_features: int = 256  # width of the vector the flattened last feature map is projected to
 
     def __post_init__(self) -> None:
-        check_positive_int("image_size", self.image_size)
-        check_positive_int("channels", self.channels)
-        check_positive_int("out_features", self.out_features)
+        for name in ("image_size", "channels", "out_features"):
+            check_positive_int(name, getattr(self, name))
         if not isinstance(self.widths, tuple) or not self.widths:
             raise ValueError(f"widths must be a non-empty tuple of ints, got {self.widths!r}")
         for width in self.widths:
             check_positive_int("widths", width)
         if self.image_size % 2 ** len(self.widths):
-            raise ValueError(
-                f"image_size={self.image_size} must be divisible by 2**len(widths)={2 ** len(self.widths)}: "
-                "each stage halves it"
-            )
+            raise ValueError(f"image_size={self.image_size} must be divisible by 2**len(widths)="
+                             f"{2 ** len(self.widths)}: each stage halves it")  # fmt: skip
 
 
 class ConvNet(nn.Module):
@@ -154,7 +165,7 @@ class ConvNet(nn.Module):
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
         if not isinstance(config, CNNConfig):
-            raise ValueError(f"config must be a CNNConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be a CNNConfig, got {type(config).__name__}")
         self.config = config
         self.out_features = config.out_features
         stages, previous = [], config.channels
@@ -175,8 +186,6 @@ class ConvNet(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """(batch, C, H, W) → (batch, out_features)."""
-        _check_images(images, self.config.channels, self.config.image_size)
+        check_images(images, self.config.channels, self.config.image_size)
         feature_map = self.features(images)  # (batch, widths[-1], H / 2^stages, W / 2^stages)
         return self.head(feature_map.flatten(1))  # (batch, out_features)
-
-

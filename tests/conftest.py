@@ -54,3 +54,8 @@ def uses_a_kernel(test: Callable) -> Callable:
 def raises(*_: object) -> None:
     """A student's answer that raises: checkers must report it, not propagate it."""
     raise RuntimeError("boom")
+
+
+def solution_metadata(grade_id: str) -> dict:
+    """The nbgrader metadata of an exercise's solution cell (``grade_id`` unique within the notebook)."""
+    return {"grade": False, "grade_id": grade_id, "locked": False, "schema_version": 3, "solution": True}

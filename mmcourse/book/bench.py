@@ -194,11 +194,6 @@ def attention_cost(
     return costs
 
 
-def as_records(costs: list[AttentionCost]) -> list[dict]:
-    """Plain dictionaries (for a table or JSON)."""
-    return [asdict(cost) for cost in costs]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # make bench: each figure beside a reference, measured in the same run, summarised as ratios
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 HUB_HOST = "huggingface.co"
 
@@ -32,15 +31,3 @@ def online_or_skip(what: str, host: str = HUB_HOST) -> bool:
         return True
     print(f"Offline (or HF_HUB_OFFLINE=1): skipping {what}. It runs on Colab or any machine with internet access.")
     return False
-
-
-def fetch_online(url: str, sha256: str, filename: str | None = None) -> Path:
-    """Download ``url`` once into the data cache with pooch, checking its sha256. Online-only; never in tests."""
-    import pooch
-
-    from mmcourse.data import cache_dir
-
-    if len(sha256) != 64:
-        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
-    path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=filename, path=cache_dir() / "online")
-    return Path(path)

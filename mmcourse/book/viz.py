@@ -135,25 +135,6 @@ def attention_grid(attn_weights: object, tokens: Sequence[str] | None = None, ti
     return figure
 
 
-def embedding_scatter(
-    points: object, labels: Sequence[object], ax: Axes | None = None, title: str | None = None, marker: str = "o"
-) -> Axes:
-    """A 2-D scatter coloured by label (project with PCA or t-SNE first)."""
-    array = _as_array(points)
-    if array.ndim != 2 or array.shape[1] != 2:
-        raise ValueError(f"points must have shape (N, 2), got {array.shape}")
-    if len(labels) != len(array):
-        raise ValueError(f"labels has {len(labels)} entries for {len(array)} points")
-    ax = ax or plt.subplots()[1]
-    for index, label in enumerate(dict.fromkeys(labels)):
-        chosen = np.array([value == label for value in labels])
-        ax.scatter(array[chosen, 0], array[chosen, 1], s=12, marker=marker, color=f"C{index % 10}", label=str(label))
-    ax.legend(fontsize=8, markerscale=1.5)
-    if title:
-        ax.set_title(title)
-    return ax
-
-
 def zero_shot_figure(
     images: object, prompts: Sequence[str], probabilities: object, titles: Sequence[str] | None = None
 ) -> Figure:

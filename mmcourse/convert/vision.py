@@ -42,7 +42,7 @@ def to_hf_vit(model: VisionTransformer) -> nn.Module:
     from transformers import ViTModel
 
     if not isinstance(model, VisionTransformer):
-        raise ValueError(f"model must be a VisionTransformer, got {type(model).__name__}")
+        raise TypeError(f"model must be a VisionTransformer, got {type(model).__name__}")
     config = model.config
     hf_config = HFViTConfig(
         hidden_size=config.d_model,

@@ -46,13 +46,6 @@ def shakespeare_documents(speakers: bool = True, min_units: int = 50) -> Documen
     return {name: units for name, units in documents.items() if len(units) >= min_units}
 
 
-def sentiment_documents(domains: Sequence[str] = ("movies", "amazon", "nyt", "tweets")) -> Documents:
-    """``{domain: [snippet, ...]}``: four documents of short modern texts, unrelated to each other."""
-    from mmcourse.data.sentiment import load_sentiment
-
-    return {domain: [snippet.text for snippet in load_sentiment(domain)] for domain in domains}
-
-
 def split_documents(
     documents: Mapping[str, Sequence[str]], validation_fraction: float = 0.15, seed: int = 0
 ) -> tuple[Documents, Documents]:

@@ -107,12 +107,6 @@ def format_date(day: datetime.date, format_name: str) -> str:
     return _FORMATTERS[format_name](day)
 
 
-def iso_date(day: datetime.date) -> str:
-    """The target: ``YYYY-MM-DD``."""
-    _check_date(day)
-    return day.isoformat()
-
-
 def format_examples(day: datetime.date = EXAMPLE_DATE) -> dict[str, str]:
     """One source string per format for ``day``, to show the task: {format name: text}."""
     return {name: format_date(day, name) for name in DATE_FORMATS}

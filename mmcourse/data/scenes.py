@@ -205,11 +205,6 @@ def is_held_out_object(obj: SceneObject, config: SceneConfig) -> bool:
     return obj.kind == "shape" and (obj.colour, obj.shape) in config.held_out
 
 
-def is_held_out(scene: Scene, config: SceneConfig) -> bool:
-    """Whether any object of the scene is a held-out (colour, shape) combination."""
-    return any(is_held_out_object(obj, config) for obj in scene.objects)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------------------------------

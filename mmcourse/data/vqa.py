@@ -267,7 +267,7 @@ def generate_vqa(count: int, config: VQAConfig = VQAConfig(), seed: int = 0, spl
 def split_words(text: str) -> list[str]:
     """Lowercase words and single punctuation marks: 'Is the circle left?' → ['is', 'the', 'circle', 'left', '?']."""
     if not isinstance(text, str):
-        raise ValueError(f"text must be a string, got {type(text).__name__}")
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
     return _WORD.findall(text.lower())
 
 
@@ -299,8 +299,15 @@ class WordVocabulary:
         return [self.bos_id] * add_bos + ids + [self.eos_id] * add_eos
 
     def encode_batch(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False) -> tuple[Tensor, Tensor]:
-        """Encode and right-pad: (input_ids (batch, T), attention_mask (batch, T), 1 = real token)."""
-        return pad_batch([self.encode(text, add_bos, add_eos) for text in texts], self.pad_id)
+        """Encode and right-pad: (input_ids (batch, T), attention_mask (batch, T), 1 = real token).
+
+        Where the texts enter the models: every id is one of the vocabulary's, and a text that gives no token is
+        refused here (a row of padding alone has nothing to attend to), so the models need not check their ids."""
+        sequences = [self.encode(text, add_bos, add_eos) for text in texts]
+        empty = [index for index, sequence in enumerate(sequences) if not sequence]
+        if empty:
+            raise ValueError(f"texts {empty[:5]} have no words: every text needs at least one token")
+        return pad_batch(sequences, self.pad_id)
 
     def decode(self, ids: Iterable[int] | Tensor, skip_special: bool = True) -> str:
         """Ids → words joined by spaces; stops at ``<eos>`` and drops special tokens when ``skip_special``."""

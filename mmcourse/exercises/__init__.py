@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,25 +52,40 @@ def expect_close(
         raise Hint(f"{what} has the right shape but wrong values (largest difference {difference:.3g}). {hint}")
 
 
-def run_check(name: str, test: Callable[[], None]) -> bool:
-    """Run ``test``; print a pass line or a friendly hint. Returns whether it passed. Never raises."""
+@dataclass(frozen=True)
+class CheckResult:
+    """What a checker returns: true when the answer passed, so a grading cell can ``assert check_…(answer)``. It
+    shows nothing in a notebook: the checker has printed its line already."""
+
+    name: str
+    passed: bool
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def _ipython_display_(self) -> None:  # IPython calls this instead of showing the repr: nothing to show
+        return None
+
+
+def run_check(name: str, test: Callable[[], None]) -> CheckResult:
+    """Run ``test``; print a pass line or a friendly hint, and return whether it passed. Never raises."""
     try:
         test()
     except NotImplementedError:
         print(f"[{name}] not answered yet: replace `raise NotImplementedError()` with your code, then run this again.")
-        return False
+        return CheckResult(name, False)
     except Hint as hint:
         print(f"[{name}] not yet: {hint}")
-        return False
+        return CheckResult(name, False)
     except Exception as error:  # noqa: BLE001 - a student's error must not escape into the kernel
         frame = traceback.extract_tb(error.__traceback__)[-1]
         print(
             f"[{name}] your code raised {type(error).__name__}: {error} "
             f"(line {frame.lineno} of {Path(frame.filename).name}). Fix it and run this cell again."
         )
-        return False
+        return CheckResult(name, False)
     print(f"[{name}] correct. Well done.")
-    return True
+    return CheckResult(name, True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -79,11 +95,6 @@ def run_check(name: str, test: Callable[[], None]) -> bool:
 def is_solution_cell(cell: dict) -> bool:
     """True for a cell marked as an nbgrader solution cell."""
     return bool(cell.get("metadata", {}).get("nbgrader", {}).get("solution", False))
-
-
-def solution_metadata(grade_id: str) -> dict:
-    """The nbgrader metadata of an exercise's solution cell (``grade_id`` unique within the notebook)."""
-    return {"grade": False, "grade_id": grade_id, "locked": False, "schema_version": 3, "solution": True}
 
 
 def student_notebook(notebook: dict, name: str = "notebook") -> dict:

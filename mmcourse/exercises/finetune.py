@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmcourse.adversarial import fgm_perturbation
+from mmcourse.distillation import distillation_loss
 from mmcourse.exercises import Hint, expect, expect_close, expect_shape, run_check
-from mmcourse.finetune import distillation_loss
 
 
 def _close(answer: object, expected: Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
@@ -123,7 +124,7 @@ def check_fgm_perturbation(my_fgm_perturbation: Callable[[Tensor, float], Tensor
         for hint, wrong in mistakes.items():
             if _close(answer, wrong):
                 raise Hint(hint)
-        expect_close(answer, epsilon * gradient / norm, "r = epsilon · g / ‖g‖₂.", "the perturbation")
+        expect_close(answer, fgm_perturbation(gradient, epsilon), "r = epsilon · g / ‖g‖₂.", "the perturbation")
         zero = my_fgm_perturbation(torch.zeros(3, 2), epsilon)
         expect(isinstance(zero, Tensor) and bool(torch.isfinite(zero).all()) and not zero.abs().sum() > 0,
                "when the gradient is zero, return zeros: dividing by a zero norm gives NaN.")  # fmt: skip

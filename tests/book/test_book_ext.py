@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import nbformat
 import pytest
+from conftest import solution_metadata
 from docutils import nodes
 
 from mmcourse.book.results import Result, record
-from mmcourse.exercises import solution_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import uses_a_kernel
+from conftest import solution_metadata, uses_a_kernel
 
 from mmcourse.book import notebooks
 from mmcourse.book.notebooks import (
@@ -21,7 +21,6 @@ from mmcourse.book.notebooks import (
     strip_progress_bars,
 )
 from mmcourse.book.results import STRICT_ENV_VAR, record
-from mmcourse.exercises import solution_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 

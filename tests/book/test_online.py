@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from mmcourse.book.online import HUB_HOST, fetch_online, is_online, online_or_skip
+from mmcourse.book.online import HUB_HOST, is_online, online_or_skip
 
 
 def test_offline_answer_never_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,5 +32,3 @@ def test_online_only_cell_says_it_skips(capsys) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="timeout must be positive"):
         is_online(timeout=0)
-    with pytest.raises(ValueError, match="sha256 must be 64 hex digits"):
-        fetch_online("https://example.org/x", "abc")

@@ -6,7 +6,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from mmcourse.book.viz import attention_grid, attention_heatmap, embedding_scatter, plot_losses, smooth, use_style  # noqa: E402
+from mmcourse.book.viz import attention_grid, attention_heatmap, plot_losses, smooth, use_style  # noqa: E402
 
 
 def teardown_function() -> None:
@@ -43,13 +43,6 @@ def test_attention_plots_check_shapes() -> None:
     assert len(figure.axes) == 6
     with pytest.raises(ValueError, match=r"\(layers, heads, queries, keys\)"):
         attention_grid(torch.rand(3, 5, 5))
-
-
-def test_embedding_scatter_one_series_per_label() -> None:
-    ax = embedding_scatter(np.random.rand(6, 2), ["a", "b", "a", "c", "b", "a"])
-    assert len(ax.collections) == 3
-    with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
-        embedding_scatter(np.random.rand(6, 3), ["a"] * 6)
 
 
 def test_zero_shot_figure_draws_an_image_and_bars_per_row() -> None:

@@ -11,8 +11,11 @@ from mmcourse.clip import (
     LogitScale,
     TextEncoder,
     TextEncoderConfig,
+    check_normalised,
+    check_text_ids,
     clip_logits,
     clip_loss,
+    contrastive_loss,
     end_of_text_pool,
     hf_clip_embeddings,
     in_batch_accuracy,
@@ -205,13 +208,22 @@ def test_mismatched_batch_sizes_are_an_error() -> None:
 
 
 @pytest.mark.parametrize("which", ["image_embeds", "text_embeds"])
-def test_embeddings_that_are_not_normalised_are_an_error_naming_them(which: str) -> None:
-    embeds = {"image_embeds": unit_rows(4, 8, 0), "text_embeds": unit_rows(4, 8, 1)}
+def test_zero_shot_names_embeddings_that_are_not_normalised(which: str) -> None:
+    """The check reads the data, so it runs where embeddings come in (zero-shot), not in the training loss."""
+    embeds = {"image_embeds": unit_rows(4, 8, 0), "text_embeds": unit_rows(3, 8, 1)}
     embeds[which] = embeds[which] * 3
     with pytest.raises(ValueError, match=f"{which} must be L2-normalised"):
-        clip_loss(embeds["image_embeds"], embeds["text_embeds"], 10.0)
-    with pytest.raises(ValueError, match=which):
-        clip_logits(embeds["image_embeds"], embeds["text_embeds"], 10.0)
+        zero_shot_classify(embeds["image_embeds"], embeds["text_embeds"])
+    nan = unit_rows(4, 8)
+    nan[2, 0] = float("nan")
+    with pytest.raises(ValueError, match="row 2"):
+        check_normalised(nan, "image_embeds")
+
+
+def test_the_loss_checks_shapes_only_and_equals_contrastive_loss_of_the_logits() -> None:
+    image_embeds, text_embeds = 3 * unit_rows(5, 8, 0), unit_rows(5, 8, 1)  # not unit: no data check on this path
+    logits_per_image, _ = clip_logits(image_embeds, text_embeds, 7.0)
+    torch.testing.assert_close(clip_loss(image_embeds, text_embeds, 7.0), contrastive_loss(logits_per_image))
 
 
 def test_other_bad_inputs_are_errors() -> None:
@@ -223,12 +235,10 @@ def test_other_bad_inputs_are_errors() -> None:
         clip_loss(unit_rows(4, 8), unit_rows(4, 8), -1.0)
     with pytest.raises(ValueError, match="logit_scale must be a scalar"):
         clip_loss(unit_rows(4, 8), unit_rows(4, 8), torch.ones(2))
-    with pytest.raises(ValueError, match="image_embeds has no rows"):
+    with pytest.raises(ValueError, match="image_embeds must be .* at least one row"):
         clip_loss(torch.zeros(0, 8), torch.zeros(0, 8), 1.0)
-    nan = unit_rows(4, 8)
-    nan[2, 0] = float("nan")
-    with pytest.raises(ValueError, match="row 2"):
-        clip_loss(nan, unit_rows(4, 8), 1.0)
+    with pytest.raises(TypeError, match="text_embeds must be a tensor"):
+        clip_logits(unit_rows(4, 8), [[1.0] * 8], 1.0)
 
 
 def test_bfloat16_embeddings_pass_the_norm_check() -> None:
@@ -303,7 +313,7 @@ def test_recall_at_k_bad_input() -> None:
     similarity, relevant = torch.randn(3, 4), torch.eye(3, 4, dtype=torch.bool)
     with pytest.raises(ValueError, match="relevant must have the shape"):
         recall_at_k(similarity, relevant[:2])
-    with pytest.raises(ValueError, match="bool"):
+    with pytest.raises(TypeError, match="bool"):
         recall_at_k(similarity, relevant.float(), ks=(1,))
     with pytest.raises(ValueError, match=r"similarity must be \(queries, items\)"):
         recall_at_k(similarity[0], relevant[0])
@@ -339,10 +349,20 @@ def test_end_of_text_pool_takes_the_last_real_token() -> None:
     hidden_states = torch.arange(2 * 6 * 1, dtype=torch.float).view(2, 6, 1)  # (2, 6, 1): value = position
     _, attention_mask = token_batch()
     torch.testing.assert_close(end_of_text_pool(hidden_states, attention_mask), torch.tensor([[4.0], [8.0]]))
+    with pytest.raises(ValueError, match="attention_mask"):
+        end_of_text_pool(hidden_states, attention_mask[:, :4])
+
+
+def test_check_text_ids_refuses_what_the_text_tower_cannot_read() -> None:
+    """Checked once where texts enter (these used to be checked in every forward, a device sync per step)."""
+    input_ids, attention_mask = token_batch()
+    check_text_ids(input_ids, attention_mask, TEXT.vocab_size)
     with pytest.raises(ValueError, match="right-padded"):
-        end_of_text_pool(hidden_states, attention_mask.flip(-1))
+        check_text_ids(input_ids, attention_mask.flip(-1), TEXT.vocab_size)
     with pytest.raises(ValueError, match="no real token"):
-        end_of_text_pool(hidden_states, torch.zeros(2, 6, dtype=torch.long))
+        check_text_ids(input_ids, attention_mask * torch.tensor([[1], [0]]), TEXT.vocab_size)
+    with pytest.raises(ValueError, match="attention_mask must have the shape"):
+        check_text_ids(input_ids, attention_mask[:, :3], TEXT.vocab_size)
 
 
 @pytest.mark.parametrize("pooling", ["end", "mean"])
@@ -378,26 +398,17 @@ def test_text_encoder_bad_input() -> None:
         encoder(torch.ones(1, 9, dtype=torch.long), torch.ones(1, 9, dtype=torch.long))
 
 
-def test_text_encoder_names_ids_outside_the_vocabulary() -> None:
-    """These used to reach nn.Embedding and raise torch's bare 'IndexError: index out of range in self'."""
+def test_check_text_ids_names_ids_outside_the_vocabulary() -> None:
+    """Such ids reach nn.Embedding and raise torch's bare 'IndexError: index out of range in self'."""
     encoder = TextEncoder(TEXT)
     input_ids, attention_mask = token_batch()
     for bad in (TEXT.vocab_size, -1):
         with pytest.raises(ValueError, match=rf"input_ids must hold ids in \[0, vocab_size=20\).*{bad}…{bad}"):
-            encoder(input_ids.masked_fill(attention_mask == 0, bad), attention_mask)
+            check_text_ids(input_ids.masked_fill(attention_mask == 0, bad), attention_mask, TEXT.vocab_size)
     with pytest.raises(TypeError, match="input_ids must be an int64 or int32 tensor"):
         encoder(input_ids.float(), attention_mask)
-
-
-@pytest.mark.parametrize("pooling", ["end", "mean"])
-def test_text_encoder_refuses_a_row_of_padding_alone(pooling: str) -> None:
-    """Mean pooling used to return NaN for such a row, silently: it has no token to attend to or to average."""
-    encoder = TextEncoder(TextEncoderConfig(**{**TEXT.__dict__, "pooling": pooling}))
-    input_ids, attention_mask = token_batch()
-    attention_mask[1] = 0
-    with pytest.raises(ValueError, match="attention_mask has a row with no real token"):
-        encoder(input_ids, attention_mask)
-    assert torch.isfinite(encoder(input_ids[:1], attention_mask[:1])).all()
+    with pytest.raises(TypeError, match="input_ids must be an int64 or int32 tensor"):
+        check_text_ids(input_ids.float(), attention_mask, TEXT.vocab_size)
 
 
 def test_clip_model_embeds_on_the_unit_sphere_and_its_loss_is_clip_loss() -> None:
@@ -405,20 +416,23 @@ def test_clip_model_embeds_on_the_unit_sphere_and_its_loss_is_clip_loss() -> Non
     images = torch.rand(2, 3, 16, 16)
     input_ids, attention_mask = token_batch()
     with torch.no_grad():
-        loss, logits_per_image, logits_per_text = model(images, input_ids, attention_mask)
+        output = model(images, input_ids, attention_mask)
         image_embeds, text_embeds = model.encode_image(images), model.encode_text(input_ids, attention_mask)
     assert image_embeds.shape == text_embeds.shape == (2, 16)
     torch.testing.assert_close(image_embeds.norm(dim=-1), torch.ones(2))
-    torch.testing.assert_close(loss, clip_loss(image_embeds, text_embeds, model.logit_scale()))
-    torch.testing.assert_close(logits_per_image, 1 / 0.07 * image_embeds @ text_embeds.T)
-    torch.testing.assert_close(logits_per_text, logits_per_image.T)
+    torch.testing.assert_close(output.image_embeds, image_embeds)
+    torch.testing.assert_close(output.text_embeds, text_embeds)
+    torch.testing.assert_close(output.loss, clip_loss(image_embeds, text_embeds, model.logit_scale()))
+    torch.testing.assert_close(output.logits_per_image, 1 / 0.07 * image_embeds @ text_embeds.T)
+    torch.testing.assert_close(output.logits_per_text, output.logits_per_image.T)
+    with pytest.raises(ValueError, match="same batch size"):
+        model(images[:1], input_ids, attention_mask)
 
 
 def test_clip_model_gradient_reaches_both_towers_and_the_temperature() -> None:
     model = tiny_clip()
     input_ids, attention_mask = token_batch()
-    loss, _, _ = model(torch.rand(2, 3, 16, 16), input_ids, attention_mask)
-    loss.backward()
+    model(torch.rand(2, 3, 16, 16), input_ids, attention_mask).loss.backward()
     for name in ("image_encoder.patch_embedding.projection.weight", "text_encoder.token_embedding.weight",
                  "image_projection.weight", "text_projection.weight", "logit_scale.log_scale"):  # fmt: skip
         grad = dict(model.named_parameters())[name].grad
@@ -434,18 +448,20 @@ def test_clip_model_learns_to_pair_one_batch() -> None:
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(50):
-        loss, logits_per_image, _ = model(images, input_ids, attention_mask)
+        output = model(images, input_ids, attention_mask)
         optimiser.zero_grad()
-        loss.backward()
+        output.loss.backward()
         optimiser.step()
-        losses.append(loss.item())
+        losses.append(output.loss.item())
     assert losses[-1] < 0.05 * losses[0], f"{losses[0]:.3f} → {losses[-1]:.3f}"
-    assert in_batch_accuracy(logits_per_image) == 1.0
+    assert in_batch_accuracy(output.logits_per_image) == 1.0
 
 
 def test_clip_model_rejects_towers_without_a_width() -> None:
-    with pytest.raises(ValueError, match="image_encoder .*out_features"):
+    with pytest.raises(TypeError, match="image_encoder .*out_features"):
         CLIP(torch.nn.Identity(), TextEncoder(TEXT))
+    with pytest.raises(TypeError, match="TextEncoderConfig"):
+        TextEncoder(CLIPConfig())
     with pytest.raises(ValueError, match="embed_dim"):
         CLIPConfig(embed_dim=0)
 
@@ -480,8 +496,7 @@ def test_locked_text_tower_is_frozen_and_mean_pools() -> None:
     input_ids, attention_mask = token_batch()
     expected = mean_pool(bert(input_ids, attention_mask=attention_mask).hidden_states, attention_mask)
     torch.testing.assert_close(tower(input_ids, attention_mask), expected)
-    loss, _, _ = model(torch.rand(2, 3, 16, 16), input_ids, attention_mask)
-    loss.backward()
+    model(torch.rand(2, 3, 16, 16), input_ids, attention_mask).loss.backward()
     assert all(parameter.grad is None for parameter in bert.parameters())
     assert model.text_projection.weight.grad is not None  # the head on the locked tower still learns
     assert model.image_encoder.patch_embedding.projection.weight.grad is not None
@@ -506,5 +521,5 @@ def test_hf_clip_embeddings_reproduce_the_model_saved_and_loaded(tmp_path) -> No
         outputs = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
     torch.testing.assert_close(probabilities, outputs.logits_per_image.softmax(dim=-1))
     assert torch.equal(predictions, outputs.logits_per_image.argmax(dim=-1))
-    with pytest.raises(ValueError, match="CLIPModel"):
+    with pytest.raises(TypeError, match="CLIPModel"):
         hf_clip_embeddings(torch.nn.Linear(2, 2), pixel_values, input_ids, attention_mask)

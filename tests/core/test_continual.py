@@ -36,6 +36,8 @@ def test_replay_buffer_rejects_bad_input() -> None:
     buffer.add("x")
     with pytest.raises(ValueError, match="n must"):
         buffer.sample(-1)
+    with pytest.raises(TypeError, match="n must"):
+        buffer.sample(1.5)
 
 
 def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -97,6 +99,8 @@ def test_ewc_keeps_weights_near_the_anchor_during_training() -> None:
     assert train(5.0) < 0.5 * train(0.0)
     with pytest.raises(ValueError, match="strength"):
         EWC(-1.0)
+    with pytest.raises(TypeError, match="strength"):
+        EWC("strong")
     with pytest.raises(ValueError, match="does not match"):
         EWC(1.0).consolidate(nn.Linear(3, 2), {"weight": torch.ones(3, 3)})
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmcourse.finetune import predict
 from mmcourse.fusion import (
     VQA_MODELS,
     CaptionerConfig,
@@ -14,8 +15,6 @@ from mmcourse.fusion import (
     LateFusionModel,
     LSTMCNNModel,
     caption_images,
-    masked_mean,
-    predict,
 )
 from mmcourse.generation import beam_search
 
@@ -88,7 +87,7 @@ def test_cross_attention_weights_sum_to_one_over_the_patches() -> None:
     model = build("cross-attention fusion")
     images, input_ids, attention_mask = batch()
     with torch.no_grad():
-        weights = model.attention_maps(images, input_ids, attention_mask)
+        weights = model.cross_attention_weights(images, input_ids, attention_mask)
     assert weights.shape == (CONFIG.n_fusion_layers, 4, CONFIG.n_heads, 6, CONFIG.n_patches)
     torch.testing.assert_close(weights.sum(dim=-1), torch.ones(weights.shape[:-1]))
     assert (weights >= 0).all()
@@ -119,13 +118,6 @@ def test_late_fusion_combinations() -> None:
         LateFusionModel(CONFIG, "sum")
 
 
-def test_masked_mean_ignores_padding() -> None:
-    hidden_states = torch.randn(2, 5, 3)
-    attention_mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
-    torch.testing.assert_close(masked_mean(hidden_states, attention_mask)[0], hidden_states[0, :2].mean(0))
-    torch.testing.assert_close(masked_mean(hidden_states, attention_mask)[1], hidden_states[1].mean(0))
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_every_model_overfits_one_batch(name: str) -> None:
     model = build(name).train()
@@ -145,7 +137,9 @@ def test_every_model_overfits_one_batch(name: str) -> None:
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.1 * first
-    assert torch.equal(predict(model, images, input_ids, attention_mask), labels)
+    batches = [{"images": images, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}]
+    logits, _ = predict(model, batches)  # mmcourse.finetune.predict: the inputs by keyword
+    assert torch.equal(logits.argmax(dim=-1), labels)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -160,16 +154,14 @@ def test_other_bad_inputs_are_named() -> None:
     images, input_ids, attention_mask = batch()
     with pytest.raises(ValueError, match="images must be"):
         model(images[:, :, :16], input_ids, attention_mask)
+    with pytest.raises(TypeError, match="images must be a float tensor"):
+        model(images.to(torch.uint8), input_ids, attention_mask)
     with pytest.raises(ValueError, match="attention_mask must have the shape"):
         model(images, input_ids, attention_mask[:, :3])
     with pytest.raises(ValueError, match="context_length"):
         model(images, torch.ones(4, 13, dtype=torch.long), torch.ones(4, 13, dtype=torch.long))
-    with pytest.raises(ValueError, match="no real token"):
-        model(images, input_ids, torch.zeros_like(attention_mask))
-    with pytest.raises(ValueError, match="input_ids"):
+    with pytest.raises(TypeError, match="input_ids must be an integer tensor"):
         model(images, input_ids.float(), attention_mask)
-    with pytest.raises(ValueError, match=r"input_ids must hold ids in \[0, vocab_size=20\)"):
-        model(images, torch.cat([input_ids[:, :-1], torch.full((4, 1), CONFIG.vocab_size)], 1), attention_mask)
     with pytest.raises(ValueError, match="d_model"):
         FusionConfig(vocab_size=10, n_answers=3, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="patch_size"):
@@ -197,7 +189,8 @@ def test_captioner_shapes_and_causality() -> None:
         torch.testing.assert_close(model(images, changed)[:, :4], logits[:, :4])  # the future is not seen
         memory = model.encode(images)
         assert memory.shape == (3, model.n_memory, 16)
-        _, cross = model.decode(tgt_ids, memory, need_weights=True)
+        torch.testing.assert_close(model.decode(tgt_ids, memory), logits)
+        cross = model.cross_attention_weights(images, tgt_ids)
     assert cross.shape == (1, 3, 2, 6, model.n_memory)
     torch.testing.assert_close(cross.sum(-1), torch.ones(cross.shape[:-1]))
 
@@ -231,11 +224,27 @@ def test_captioner_bad_input() -> None:
         model(torch.rand(3, 3, 24, 24), torch.ones(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="tgt_ids"):
         model(torch.rand(2, 3, 24, 24), torch.ones(2, 9, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"tgt_ids must hold ids in \[0, vocab_size=12\)"):
-        model(torch.rand(2, 3, 24, 24), torch.full((2, 4), CAPTIONER.vocab_size))
+    with pytest.raises(TypeError, match="tgt_ids must be an int64 or int32 tensor"):
+        model(torch.rand(2, 3, 24, 24), torch.ones(2, 4))
     with pytest.raises(ValueError, match="src_attention_mask"):
         model.encode(torch.rand(2, 3, 24, 24), torch.ones(2, 3, dtype=torch.long))
+    images = torch.rand(2, 3, 24, 24)
     with pytest.raises(ValueError, match="beam_size"):
-        caption_images(model, torch.rand(2, 3, 24, 24), BOS, EOS, 5, beam_size=0)
+        caption_images(model, images, BOS, EOS, 5, beam_size=0)
+    for bad in (CAPTIONER.vocab_size, -1):  # checked once, before generation, not at every token
+        with pytest.raises(ValueError, match=r"bos_id must be an id in \[0, vocab_size=12\)"):
+            caption_images(model, images, bad, EOS, 5)
+    with pytest.raises(ValueError, match="eos_id"):
+        caption_images(model, images, BOS, CAPTIONER.vocab_size, 5)
+    with pytest.raises(TypeError, match="eos_id"):
+        caption_images(model, images, BOS, 2.0, 5)
+    with pytest.raises(ValueError, match="max_length=9 .* context_length=8"):
+        caption_images(model, images, BOS, EOS, 9)
+    with pytest.raises(TypeError, match="ImageCaptioner"):
+        caption_images(torch.nn.Linear(2, 2), images, BOS, EOS, 5)
     with pytest.raises(ValueError, match="pad_id"):
         CaptionerConfig(vocab_size=5, pad_id=5)
+    with pytest.raises(TypeError, match="n_encoder_layers"):
+        CaptionerConfig(vocab_size=5, n_encoder_layers=1.0)
+    with pytest.raises(ValueError, match="d_model"):
+        CaptionerConfig(vocab_size=5, d_model=30, n_heads=4)

@@ -2,7 +2,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcourse.convert.vision import to_hf_vit
 from mmcourse.vision import CNNConfig, ConvNet, PatchEmbedding, VisionTransformer, ViTConfig, patchify
 
 TINY = ViTConfig(image_size=16, patch_size=4, d_model=32, n_heads=2, n_layers=2, d_ff=64)
@@ -30,27 +29,26 @@ def test_patch_embedding_is_a_linear_map_of_each_flattened_patch() -> None:
     torch.testing.assert_close(embedding(x), expected)
 
 
-def test_vit_equals_transformers_vit_model() -> None:
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_vit_pools_its_hidden_states(pooling: str) -> None:
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(**{**TINY.__dict__, "pooling": pooling})).eval()
+    x = images()
+    with torch.no_grad():
+        states = model.hidden_states(x)  # (2, 1 + P, 32)
+        pooled = model(x)
+    assert states.shape == (2, 1 + TINY.n_patches, 32) and pooled.shape == (2, 32)
+    torch.testing.assert_close(pooled, states[:, 0] if pooling == "cls" else states[:, 1:].mean(dim=1))
+
+
+def test_vit_attention_weights_are_stacked_rows_that_sum_to_one() -> None:
     torch.manual_seed(0)
     model = VisionTransformer(TINY).eval()
-    hf_model = to_hf_vit(model).eval()
-    x = images()
     with torch.no_grad():
-        states, _ = model.hidden_states(x)
-        torch.testing.assert_close(states, hf_model(pixel_values=x).last_hidden_state)
-        torch.testing.assert_close(model(x), states[:, 0])  # cls pooling = the [CLS] row
-
-
-def test_vit_pooling_and_attention_weights() -> None:
-    torch.manual_seed(0)
-    model = VisionTransformer(ViTConfig(**{**TINY.__dict__, "pooling": "mean"})).eval()
-    x = images()
-    with torch.no_grad():
-        states, attentions = model.hidden_states(x, need_weights=True)
-        torch.testing.assert_close(model(x), states[:, 1:].mean(dim=1))
-    assert states.shape == (2, 1 + TINY.n_patches, 32)
-    assert len(attentions) == 2 and attentions[0].shape == (2, 2, 17, 17)
-    torch.testing.assert_close(attentions[0].sum(-1), torch.ones(2, 2, 17))
+        weights = model.attention_weights(images())
+    assert weights.shape == (TINY.n_layers, 2, TINY.n_heads, 1 + TINY.n_patches, 1 + TINY.n_patches)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert (weights >= 0).all()
 
 
 def test_vit_sees_where_things_are() -> None:
@@ -77,12 +75,16 @@ def test_image_shape_errors_say_what_was_expected() -> None:
     model = VisionTransformer(TINY)
     with pytest.raises(ValueError, match=r"images must be \(batch, 3, 16, 16\), got shape \(2, 3, 8, 8\)"):
         model(images(size=8))
-    with pytest.raises(ValueError, match="float"):
+    with pytest.raises(TypeError, match="images must be a float tensor"):
         model((images() * 255).to(torch.uint8))
+    with pytest.raises(TypeError, match="images"):
+        model(images().numpy())
     with pytest.raises(ValueError, match="patch_size"):
         patchify(images(size=10), 4)
-    with pytest.raises(ValueError, match="ViTConfig"):
+    with pytest.raises(TypeError, match="ViTConfig"):
         VisionTransformer({"image_size": 16})
+    with pytest.raises(TypeError, match="CNNConfig"):
+        ConvNet(TINY)
 
 
 def test_convnet_shapes_and_position_sensitivity() -> None:

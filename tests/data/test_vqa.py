@@ -130,6 +130,19 @@ def test_word_vocabulary_round_trip_and_bad_input() -> None:
         WordVocabulary(["a", "b"])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         vocabulary.decode([999])
+    with pytest.raises(TypeError, match="text must be a string"):
+        vocabulary.encode(3)
+
+
+def test_encode_batch_is_where_the_ids_are_checked() -> None:
+    """Every id it writes is the vocabulary's, and it refuses a text with no token: the models need not check."""
+    vocabulary = WordVocabulary.from_texts(["a red circle"])
+    input_ids, attention_mask = vocabulary.encode_batch(["a red circle", "a cat"])
+    assert input_ids.max() < len(vocabulary) and input_ids.min() >= 0
+    assert attention_mask.sum(dim=1).tolist() == [3, 2]
+    with pytest.raises(ValueError, match=r"texts \[1\] have no words"):
+        vocabulary.encode_batch(["a red circle", "  "])
+    assert vocabulary.encode_batch([""], add_bos=True)[1].tolist() == [[1]], "<bos> alone is a token"
 
 
 @pytest.mark.parametrize(

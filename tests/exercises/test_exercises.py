@@ -6,6 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from conftest import solution_metadata
 
 from mmcourse.exercises import (
     Hint,
@@ -15,7 +16,6 @@ from mmcourse.exercises import (
     is_solution_cell,
     make_student_notebook,
     run_check,
-    solution_metadata,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,27 +24,36 @@ CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def test_pass_and_hint(capsys) -> None:
-    assert run_check("sum", lambda: expect(1 + 1 == 2, "unused")) is True
+    assert run_check("sum", lambda: expect(1 + 1 == 2, "unused"))
     assert "[sum] correct" in capsys.readouterr().out
 
     def wrong() -> None:
         raise Hint("you forgot the scaling by sqrt(d_k).")
 
-    assert run_check("scaling", wrong) is False
+    assert not run_check("scaling", wrong)
     assert "[scaling] not yet: you forgot the scaling by sqrt(d_k)." in capsys.readouterr().out
+
+
+def test_a_check_result_shows_nothing_in_a_notebook() -> None:
+    """A checker cell's last expression is the check's result: IPython must not print ``True`` under the pass line."""
+    from IPython.core.formatters import DisplayFormatter
+
+    result = run_check("quiet", lambda: None)
+    assert result and result.passed and result.name == "quiet"
+    assert DisplayFormatter().format(result) == ({}, {})
 
 
 def test_unanswered_and_raising_answers_are_reported_not_raised(capsys) -> None:
     def unanswered() -> None:
         raise NotImplementedError()
 
-    assert run_check("mask", unanswered) is False
+    assert not run_check("mask", unanswered)
     assert "not answered yet" in capsys.readouterr().out
 
     def broken() -> None:
         torch.zeros(2, 3) @ torch.zeros(2, 3)
 
-    assert run_check("matmul", broken) is False
+    assert not run_check("matmul", broken)
     out = capsys.readouterr().out
     assert "your code raised RuntimeError" in out and "line" in out
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import Outcome, raises
 
+from mmcourse.distillation import distillation_loss
 from mmcourse.exercises.finetune import (
     check_attack_experiment,
     check_distillation_loss,
@@ -15,7 +16,6 @@ from mmcourse.exercises.finetune import (
     check_lora_forward,
     check_soft_targets_experiment,
 )
-from mmcourse.finetune import distillation_loss
 
 
 def lora_forward(x, weight, bias, lora_A, lora_B, alpha):
