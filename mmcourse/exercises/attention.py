@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from mmcourse.attention import mha_parameter_count, scaled_dot_product_attention
-from mmcourse.exercises import Hint, expect, expect_close, expect_shape, run_check
+from mmcourse.exercises import CheckResult, Hint, expect, expect_close, expect_shape, run_check
 from mmcourse.positional import RotaryEmbedding
 
 
@@ -21,7 +21,7 @@ def _same(actual: object, expected: Tensor) -> bool:
     )
 
 
-def check_causal_mask(my_causal_mask: Callable[[int], Tensor]) -> bool:
+def check_causal_mask(my_causal_mask: Callable[[int], Tensor]) -> CheckResult:
     """``my_causal_mask(length)`` → (length, length) bool, True where attention is allowed."""
 
     def test() -> None:
@@ -37,7 +37,7 @@ def check_causal_mask(my_causal_mask: Callable[[int], Tensor]) -> bool:
     return run_check("causal mask", test)
 
 
-def check_attention(my_attention: Callable[[Tensor, Tensor, Tensor], Tensor]) -> bool:
+def check_attention(my_attention: Callable[[Tensor, Tensor, Tensor], Tensor]) -> CheckResult:
     """``my_attention(q, k, v)`` → softmax(q kᵀ / √d_k) v for q (L, d_k), k (S, d_k), v (S, d_v)."""
 
     def test() -> None:
@@ -58,7 +58,7 @@ def check_attention(my_attention: Callable[[Tensor, Tensor, Tensor], Tensor]) ->
     return run_check("scaled dot-product attention", test)
 
 
-def check_mha_parameter_count(my_count: Callable[[int, int, bool], int]) -> bool:
+def check_mha_parameter_count(my_count: Callable[[int, int, bool], int]) -> CheckResult:
     """``my_count(d_model, n_heads, bias)`` → the number of parameters of a multi-head attention layer."""
 
     def test() -> None:
@@ -82,7 +82,7 @@ def check_mha_parameter_count(my_count: Callable[[int, int, bool], int]) -> bool
     return run_check("multi-head attention parameters", test)
 
 
-def check_rotary(my_rotary: Callable[[Tensor, Tensor], Tensor]) -> bool:
+def check_rotary(my_rotary: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
     """``my_rotary(x, positions)`` → x (length, head_dim) rotated as RoPE does (pairs i and i + head_dim/2)."""
 
     def test() -> None:
@@ -112,7 +112,7 @@ def check_rotary(my_rotary: Callable[[Tensor, Tensor], Tensor]) -> bool:
     return run_check("rotary embedding", test)
 
 
-def check_scaling_experiment(std_unscaled: float | None, std_scaled: float | None, d_k: int = 256) -> bool:
+def check_scaling_experiment(std_unscaled: float | None, std_scaled: float | None, d_k: int = 256) -> CheckResult:
     """The measured standard deviation of q·k for random unit-variance vectors of size d_k, unscaled and scaled."""
 
     def test() -> None:

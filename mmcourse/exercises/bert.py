@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from mmcourse.exercises import Hint, expect, expect_shape, run_check
+from mmcourse.exercises import CheckResult, Hint, expect, expect_shape, run_check
 from mmcourse.train import IGNORE_INDEX
 
 MASK_ID, VOCAB_SIZE = 4, 1000
 
 
-def check_masking(my_mask_tokens: Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]) -> bool:
+def check_masking(my_mask_tokens: Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]) -> CheckResult:
     """``my_mask_tokens(input_ids, special_tokens_mask, generator)`` → (masked_input_ids, labels): BERT's 80/10/10
     rule on 15% of the non-special tokens, with ``mask_id=4`` and ``vocab_size=1000``."""
 
@@ -54,7 +54,7 @@ def check_masking(my_mask_tokens: Callable[[Tensor, Tensor, torch.Generator], tu
     return run_check("80/10/10 masking", test)
 
 
-def check_mlm_accuracy(my_mlm_accuracy: Callable[[Tensor, Tensor], float]) -> bool:
+def check_mlm_accuracy(my_mlm_accuracy: Callable[[Tensor, Tensor], float]) -> CheckResult:
     """``my_mlm_accuracy(mlm_logits, labels)`` → top-1 accuracy over the positions whose label is not -100."""
 
     def test() -> None:
@@ -72,7 +72,9 @@ def check_mlm_accuracy(my_mlm_accuracy: Callable[[Tensor, Tensor], float]) -> bo
     return run_check("MLM accuracy", test)
 
 
-def check_nsp_pairs(my_nsp_pairs: Callable[[dict[str, list[str]], int, int], list[tuple[str, str, bool]]]) -> bool:
+def check_nsp_pairs(
+    my_nsp_pairs: Callable[[dict[str, list[str]], int, int], list[tuple[str, str, bool]]],
+) -> CheckResult:
     """``my_nsp_pairs(documents, n_pairs, seed)`` → (A, B, is_next) triples, half true next, half from elsewhere."""
 
     def test() -> None:
@@ -97,7 +99,7 @@ def check_nsp_pairs(my_nsp_pairs: Callable[[dict[str, list[str]], int, int], lis
     return run_check("NSP pairs", test)
 
 
-def check_tokens_per_word(vocab_sizes: Sequence[int], tokens_per_word: Sequence[float]) -> bool:
+def check_tokens_per_word(vocab_sizes: Sequence[int], tokens_per_word: Sequence[float]) -> CheckResult:
     """Tokens per word measured for WordPiece vocabularies of increasing size."""
 
     def test() -> None:

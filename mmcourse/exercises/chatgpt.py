@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmcourse.alignment import dpo_loss, sft_example
-from mmcourse.exercises import Hint, expect, expect_close, expect_shape, run_check
+from mmcourse.exercises import CheckResult, Hint, expect, expect_close, expect_shape, run_check
 from mmcourse.prompting import score_label_words
 from mmcourse.train import IGNORE_INDEX
 
 
-def check_label_scores(my_label_scores: Callable[[Tensor, Tensor], Tensor]) -> bool:
+def check_label_scores(my_label_scores: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
     """``my_label_scores(next_token_logits, label_ids)``: (batch, vocab), (n_labels,) → log-probs (batch, n_labels)
     of the label tokens under the softmax over the whole vocabulary."""
 
@@ -40,7 +40,7 @@ def check_label_scores(my_label_scores: Callable[[Tensor, Tensor], Tensor]) -> b
     return run_check("label-word scores", test)
 
 
-def check_sft_targets(my_sft_targets: Callable[[list[int], list[int]], tuple[list[int], list[int]]]) -> bool:
+def check_sft_targets(my_sft_targets: Callable[[list[int], list[int]], tuple[list[int], list[int]]]) -> CheckResult:
     """``my_sft_targets(prompt_ids, response_ids)`` → (input_ids, targets), prompt targets set to -100."""
 
     def test() -> None:
@@ -65,7 +65,7 @@ def check_sft_targets(my_sft_targets: Callable[[list[int], list[int]], tuple[lis
     return run_check("SFT targets", test)
 
 
-def check_dpo_loss(my_dpo_loss: Callable[[Tensor, Tensor, Tensor, Tensor, float], Tensor]) -> bool:
+def check_dpo_loss(my_dpo_loss: Callable[[Tensor, Tensor, Tensor, Tensor, float], Tensor]) -> CheckResult:
     """``my_dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)`` → mean DPO loss."""
 
     def test() -> None:
@@ -92,7 +92,7 @@ def check_dpo_loss(my_dpo_loss: Callable[[Tensor, Tensor, Tensor, Tensor, float]
     return run_check("DPO loss", test)
 
 
-def check_ewc_penalty(my_ewc_penalty: Callable[[dict, dict, dict, float], Tensor]) -> bool:
+def check_ewc_penalty(my_ewc_penalty: Callable[[dict, dict, dict, float], Tensor]) -> CheckResult:
     """``my_ewc_penalty(parameters, anchors, fisher, strength)`` → (strength / 2) Σ F (θ - θ*)² over every name."""
 
     def test() -> None:
@@ -119,7 +119,7 @@ def check_ewc_penalty(my_ewc_penalty: Callable[[dict, dict, dict, float], Tensor
     return run_check("EWC penalty", test)
 
 
-def check_order_experiment(accuracies: Sequence[float], n_test: int) -> bool:
+def check_order_experiment(accuracies: Sequence[float], n_test: int) -> CheckResult:
     """Few-shot accuracies of one set of demonstrations in several orders, each on ``n_test`` test snippets."""
 
     def test() -> None:

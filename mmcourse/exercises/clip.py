@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmcourse.clip import clip_loss, prompt_ensemble, recall_at_k
-from mmcourse.exercises import Hint, expect, expect_close, expect_shape, run_check
+from mmcourse.exercises import CheckResult, Hint, expect, expect_close, expect_shape, run_check
 from mmcourse.vision import patchify
 
 
-def check_patchify(my_patchify: Callable[[Tensor, int], Tensor]) -> bool:
+def check_patchify(my_patchify: Callable[[Tensor, int], Tensor]) -> CheckResult:
     """``my_patchify(images, patch_size)``: (batch, C, H, W) → (batch, n_patches, C·p·p), row-major, channel-first."""
 
     def test() -> None:
@@ -33,7 +33,7 @@ def check_patchify(my_patchify: Callable[[Tensor, int], Tensor]) -> bool:
     return run_check("patchify", test)
 
 
-def check_clip_loss(my_clip_loss: Callable[[Tensor, Tensor, float], Tensor]) -> bool:
+def check_clip_loss(my_clip_loss: Callable[[Tensor, Tensor, float], Tensor]) -> CheckResult:
     """``my_clip_loss(image_features, text_features, logit_scale)`` → CLIP's symmetric loss; features not normalised."""
 
     def test() -> None:
@@ -62,7 +62,7 @@ def check_clip_loss(my_clip_loss: Callable[[Tensor, Tensor, float], Tensor]) -> 
     return run_check("CLIP's symmetric loss", test)
 
 
-def check_recall_at_k(my_recall_at_k: Callable[[Tensor, Tensor, int], float]) -> bool:
+def check_recall_at_k(my_recall_at_k: Callable[[Tensor, Tensor, int], float]) -> CheckResult:
     """``my_recall_at_k(similarity, relevant, k)`` → share of queries with a relevant item among their top k."""
 
     def test() -> None:
@@ -98,7 +98,7 @@ def check_recall_at_k(my_recall_at_k: Callable[[Tensor, Tensor, int], float]) ->
     return run_check("Recall@K", test)
 
 
-def check_prompt_ensemble(my_prompt_ensemble: Callable[[Tensor], Tensor]) -> bool:
+def check_prompt_ensemble(my_prompt_ensemble: Callable[[Tensor], Tensor]) -> CheckResult:
     """``my_prompt_ensemble(text_embeds)``: (templates, classes, D) → (classes, D), one unit vector per class."""
 
     def test() -> None:
@@ -121,7 +121,7 @@ def check_prompt_ensemble(my_prompt_ensemble: Callable[[Tensor], Tensor]) -> boo
 
 def check_temperature_experiment(
     scales: Sequence[float], accuracies: Sequence[float], confidences: Sequence[float]
-) -> bool:
+) -> CheckResult:
     """Zero-shot accuracy and mean top probability of the trained model, measured at increasing logit scales."""
 
     def test() -> None:

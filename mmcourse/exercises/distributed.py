@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mmcourse.distributed import Batch, get_batch, gpt_loss
-from mmcourse.exercises import Hint, expect, expect_close, run_check
+from mmcourse.exercises import CheckResult, Hint, expect, expect_close, run_check
 from mmcourse.gpt import GPT, GPTConfig
 
 # The checker's own small GPT (the appendix's fast sizes) and token stream: the same in every profile and machine
@@ -17,7 +17,7 @@ CHECK_CONFIG = GPTConfig(vocab_size=65, context_length=32, d_model=32, n_heads=2
 CHECK_IDS = torch.randint(CHECK_CONFIG.vocab_size, (2_000,), generator=torch.Generator().manual_seed(1))  # (2000,)
 
 
-def check_uneven_accumulation(my_accumulate_gradients: Callable[[nn.Module, Sequence[Batch]], object]) -> bool:
+def check_uneven_accumulation(my_accumulate_gradients: Callable[[nn.Module, Sequence[Batch]], object]) -> CheckResult:
     """``my_accumulate_gradients(model, micro_batches)`` leaves in ``.grad`` the gradient of the mean loss over all
     the sequences of micro-batches of different sizes, as if they were one batch."""
 
@@ -48,7 +48,7 @@ def check_uneven_accumulation(my_accumulate_gradients: Callable[[nn.Module, Sequ
     return run_check("gradient accumulation over uneven micro-batches", test)
 
 
-def check_rounding_gaps(gaps: dict[str, float] | None) -> bool:
+def check_rounding_gaps(gaps: dict[str, float] | None) -> CheckResult:
     """``gaps = {"float32": ..., "float64": ...}``: the largest |mean of two half-batch gradients − full-batch
     gradient| measured in each precision."""
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from mmcourse.adversarial import fgm_perturbation
 from mmcourse.distillation import distillation_loss
-from mmcourse.exercises import Hint, expect, expect_close, expect_shape, run_check
+from mmcourse.exercises import CheckResult, Hint, expect, expect_close, expect_shape, run_check
 
 
 def _close(answer: object, expected: Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
@@ -23,7 +23,7 @@ def _close(answer: object, expected: Tensor, atol: float = 1e-5, rtol: float = 1
     )
 
 
-def check_lora_forward(my_lora_forward: Callable[..., Tensor]) -> bool:
+def check_lora_forward(my_lora_forward: Callable[..., Tensor]) -> CheckResult:
     """``my_lora_forward(x, weight, bias, lora_A, lora_B, alpha)`` → W x + b + (alpha / r) B A x, (..., d_out)."""
 
     def test() -> None:
@@ -51,7 +51,7 @@ def check_lora_forward(my_lora_forward: Callable[..., Tensor]) -> bool:
     return run_check("LoRA forward", test)
 
 
-def check_distillation_loss(my_distillation_loss: Callable[..., Tensor]) -> bool:
+def check_distillation_loss(my_distillation_loss: Callable[..., Tensor]) -> CheckResult:
     """``my_distillation_loss(student_logits, teacher_logits, labels, temperature, alpha)`` → Hinton et al.'s loss."""
 
     def test() -> None:
@@ -100,7 +100,7 @@ def check_distillation_loss(my_distillation_loss: Callable[..., Tensor]) -> bool
     return run_check("distillation loss", test)
 
 
-def check_fgm_perturbation(my_fgm_perturbation: Callable[[Tensor, float], Tensor]) -> bool:
+def check_fgm_perturbation(my_fgm_perturbation: Callable[[Tensor, float], Tensor]) -> CheckResult:
     """``my_fgm_perturbation(gradient, epsilon)`` → epsilon · g / ||g|| (whole-matrix norm); zeros for g = 0."""
 
     def test() -> None:
@@ -132,7 +132,7 @@ def check_fgm_perturbation(my_fgm_perturbation: Callable[[Tensor, float], Tensor
     return run_check("FGM perturbation", test)
 
 
-def check_soft_targets_experiment(temperatures: Sequence[float], entropies: Sequence[float]) -> bool:
+def check_soft_targets_experiment(temperatures: Sequence[float], entropies: Sequence[float]) -> CheckResult:
     """Mean entropy (nats) of the teacher's softmax(logits / T) over the training snippets, at rising temperatures."""
 
     def test() -> None:
@@ -159,7 +159,7 @@ def check_soft_targets_experiment(temperatures: Sequence[float], entropies: Sequ
 
 def check_attack_experiment(
     epsilons: Sequence[float], standard_accuracies: Sequence[float], adversarial_accuracies: Sequence[float]
-) -> bool:
+) -> CheckResult:
     """Accuracy of the standard and the adversarially trained model under FGM attacks of growing size."""
 
     def test() -> None:

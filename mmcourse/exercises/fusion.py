@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from mmcourse.exercises import Hint, expect, expect_close, expect_shape, run_check
+from mmcourse.exercises import CheckResult, Hint, expect, expect_close, expect_shape, run_check
 
 
-def check_late_fuse(my_late_fuse: Callable[[Tensor, Tensor], Tensor]) -> bool:
+def check_late_fuse(my_late_fuse: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
     """``my_late_fuse(text_vector, image_vector)``: (B, d), (B, d) → (B, 3d) = [t; v; t ⊙ v]."""
 
     def test() -> None:
@@ -35,7 +35,7 @@ def check_late_fuse(my_late_fuse: Callable[[Tensor, Tensor], Tensor]) -> bool:
     return run_check("late fusion: concatenation and product", test)
 
 
-def check_cross_attention(my_cross_attention: Callable[..., tuple[Tensor, Tensor]]) -> bool:
+def check_cross_attention(my_cross_attention: Callable[..., tuple[Tensor, Tensor]]) -> CheckResult:
     """``my_cross_attention(words, patches, w_q, w_k, w_v)`` → (output (B, L, d), weights (B, L, P))."""
 
     def test() -> None:
@@ -65,7 +65,7 @@ def check_cross_attention(my_cross_attention: Callable[..., tuple[Tensor, Tensor
     return run_check("cross-attention", test)
 
 
-def check_last_real_state(my_last_real_state: Callable[[Tensor, Tensor], Tensor]) -> bool:
+def check_last_real_state(my_last_real_state: Callable[[Tensor, Tensor], Tensor]) -> CheckResult:
     """``my_last_real_state(hidden_states, attention_mask)``: (B, L, d), (B, L) → (B, d) at each last real token."""
 
     def test() -> None:
@@ -90,7 +90,7 @@ def _is_share(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
-def check_shuffled_images(real_accuracy: float, shuffled_accuracy: float, question_only_accuracy: float) -> bool:
+def check_shuffled_images(real_accuracy: float, shuffled_accuracy: float, question_only_accuracy: float) -> CheckResult:
     """A fusion model's accuracy with its own images, with shuffled images, and the question-only accuracy."""
 
     def test() -> None:
@@ -110,7 +110,7 @@ def check_shuffled_images(real_accuracy: float, shuffled_accuracy: float, questi
     return run_check("does the model look?", test)
 
 
-def check_beam_experiment(beam_sizes: Sequence[int], exact_matches: Sequence[float]) -> bool:
+def check_beam_experiment(beam_sizes: Sequence[int], exact_matches: Sequence[float]) -> CheckResult:
     """Exact-match rates of the captioner for increasing beam sizes, starting with greedy (1)."""
 
     def test() -> None:

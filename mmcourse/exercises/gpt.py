@@ -9,12 +9,12 @@ import torch
 from torch import Tensor
 
 from mmcourse.attention import scaled_dot_product_attention
-from mmcourse.exercises import Hint, expect, expect_close, expect_shape, run_check
+from mmcourse.exercises import CheckResult, Hint, expect, expect_close, expect_shape, run_check
 from mmcourse.generation import top_p_filter
 from mmcourse.gpt import GPTConfig, gpt_parameter_count
 
 
-def check_top_p(my_top_p_filter: Callable[[Tensor, float], Tensor]) -> bool:
+def check_top_p(my_top_p_filter: Callable[[Tensor, float], Tensor]) -> CheckResult:
     """``my_top_p_filter(logits, top_p)`` → logits with every token outside the nucleus set to -inf."""
 
     def test() -> None:
@@ -47,7 +47,7 @@ def check_top_p(my_top_p_filter: Callable[[Tensor, float], Tensor]) -> bool:
     return run_check("top-p (nucleus) filtering", test)
 
 
-def check_gpt_parameter_count(my_count: Callable[[int, int, int, int], int]) -> bool:
+def check_gpt_parameter_count(my_count: Callable[[int, int, int, int], int]) -> CheckResult:
     """``my_count(vocab_size, context_length, d_model, n_layers)`` → parameters of a GPT-2-style model (tied head)."""
 
     def test() -> None:
@@ -78,7 +78,7 @@ def check_gpt_parameter_count(my_count: Callable[[int, int, int, int], int]) -> 
 
 def check_cached_attention(
     my_cached_attention: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]],
-) -> bool:
+) -> CheckResult:
     """``my_cached_attention(q_new, k_new, v_new, k_cache, v_cache)`` → (output, k_cache, v_cache) for one new token."""
 
     def test() -> None:
@@ -104,7 +104,7 @@ def check_cached_attention(
     return run_check("attention with a KV cache", test)
 
 
-def check_temperature_experiment(temperatures: Sequence[float], entropies: Sequence[float]) -> bool:
+def check_temperature_experiment(temperatures: Sequence[float], entropies: Sequence[float]) -> CheckResult:
     """Entropies (nats) of the model's next-token distribution measured at increasing temperatures."""
 
     def test() -> None:

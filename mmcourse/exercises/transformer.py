@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mmcourse.exercises import Hint, expect, expect_close, expect_shape, run_check
+from mmcourse.exercises import CheckResult, Hint, expect, expect_close, expect_shape, run_check
 from mmcourse.layers import EncoderLayer
 from mmcourse.transformer import warmup_inverse_sqrt
 
@@ -17,7 +17,7 @@ def _same(actual: object, expected: Tensor) -> bool:
     return isinstance(actual, Tensor) and actual.shape == expected.shape and bool(torch.equal(actual, expected))
 
 
-def check_teacher_forcing(my_teacher_forcing: Callable[[Tensor], tuple[Tensor, Tensor]]) -> bool:
+def check_teacher_forcing(my_teacher_forcing: Callable[[Tensor], tuple[Tensor, Tensor]]) -> CheckResult:
     """``my_teacher_forcing(target_ids)`` → (decoder_input_ids, labels) for targets ``<bos> y … <eos> <pad>…``."""
 
     def test() -> None:
@@ -39,7 +39,7 @@ def check_teacher_forcing(my_teacher_forcing: Callable[[Tensor], tuple[Tensor, T
     return run_check("teacher forcing", test)
 
 
-def check_warmup_schedule(my_learning_rate: Callable[[int, int, int], float]) -> bool:
+def check_warmup_schedule(my_learning_rate: Callable[[int, int, int], float]) -> CheckResult:
     """``my_learning_rate(step, d_model, warmup)`` → d_model^-0.5 · min(step^-0.5, step · warmup^-1.5)."""
 
     def test() -> None:
@@ -61,7 +61,7 @@ def check_warmup_schedule(my_learning_rate: Callable[[int, int, int], float]) ->
     return run_check("warmup schedule", test)
 
 
-def check_pre_ln_forward(my_pre_ln_forward: Callable[[EncoderLayer, Tensor], Tensor]) -> bool:
+def check_pre_ln_forward(my_pre_ln_forward: Callable[[EncoderLayer, Tensor], Tensor]) -> CheckResult:
     """``my_pre_ln_forward(layer, x)`` → the pre-LN encoder layer's output, using ``layer``'s modules."""
 
     def test() -> None:
@@ -86,7 +86,7 @@ def check_pre_ln_forward(my_pre_ln_forward: Callable[[EncoderLayer, Tensor], Ten
     return run_check("pre-LN encoder layer", test)
 
 
-def check_padding_experiment(change_with_mask: float | None, change_without_mask: float | None) -> bool:
+def check_padding_experiment(change_with_mask: float | None, change_without_mask: float | None) -> CheckResult:
     """The largest change of the real positions' logits when pads are appended to the source, with and without
     the source attention mask."""
 
