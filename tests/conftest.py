@@ -7,6 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+
+from mmcourse.bert import BertConfig, BertModel
+from mmcourse.finetune import SequenceClassifier
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -59,3 +63,43 @@ def raises(*_: object) -> None:
 def solution_metadata(grade_id: str) -> dict:
     """The nbgrader metadata of an exercise's solution cell (``grade_id`` unique within the notebook)."""
     return {"grade": False, "grade_id": grade_id, "locked": False, "schema_version": 3, "solution": True}
+
+
+# A tiny BERT classifier and a padded, labelled batch for it: the fine-tuning, LoRA and adversarial tests share them.
+CLASSIFIER_BERT = BertConfig(vocab_size=50, context_length=16, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)
+
+
+def classifier(seed: int = 0, dropout: float = 0.0, pooling: str = "mean") -> SequenceClassifier:
+    torch.manual_seed(seed)
+    encoder = BertModel(CLASSIFIER_BERT)
+    return SequenceClassifier(encoder, CLASSIFIER_BERT.d_model, n_classes=2, dropout=dropout, pooling=pooling)
+
+
+def labelled_batch(size: int = 8, length: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random sequences with some padding at the end and random labels, as a collated batch."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, CLASSIFIER_BERT.vocab_size, (size, length), generator=generator)  # (batch, L)
+    lengths = torch.randint(length // 2, length + 1, (size,), generator=generator)  # (batch,)
+    attention_mask = (torch.arange(length)[None, :] < lengths[:, None]).long()  # (batch, L)
+    return {
+        "input_ids": input_ids.masked_fill(attention_mask == 0, CLASSIFIER_BERT.pad_id),
+        "attention_mask": attention_mask,
+        "labels": torch.arange(size) % 2,  # (batch,) balanced
+    }
+
+
+# A tiny BERT for pretraining and parity tests, and a batch of sentence pairs with a padded last row.
+PAIRS_BERT = BertConfig(vocab_size=60, context_length=24, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.1)
+
+
+def pair_batch(batch: int = 3, length: int = 12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random [CLS] A [SEP] B [SEP] ids with token_type_ids and a padded last row."""
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(5, PAIRS_BERT.vocab_size, (batch, length), generator=generator)  # (batch, L)
+    token_type_ids = torch.zeros_like(input_ids)  # (batch, L)
+    token_type_ids[:, length // 2 :] = 1
+    attention_mask = torch.ones_like(input_ids)  # (batch, L)
+    attention_mask[-1, length - 3 :] = 0
+    input_ids[:, 0] = 2
+    input_ids[-1, length - 3 :] = 0
+    return input_ids, token_type_ids, attention_mask

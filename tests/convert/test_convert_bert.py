@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PAIRS_BERT as TINY
+from conftest import pair_batch
 
 from mmcourse.bert import BertConfig, BertForPreTraining, BertModel
 from mmcourse.convert.bert import from_hf_bert, load_hf_bert, to_hf_bert, to_hf_bert_for_pretraining
-
-TINY = BertConfig(vocab_size=60, context_length=24, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.1)
 
 
 def perturb(model: torch.nn.Module) -> None:
@@ -20,19 +20,6 @@ def perturb(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-
-
-def pair_batch(batch: int = 3, length: int = 12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random [CLS] A [SEP] B [SEP] ids with token_type_ids and a padded last row."""
-    generator = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(5, TINY.vocab_size, (batch, length), generator=generator)  # (batch, L)
-    token_type_ids = torch.zeros_like(input_ids)  # (batch, L)
-    token_type_ids[:, length // 2 :] = 1
-    attention_mask = torch.ones_like(input_ids)  # (batch, L)
-    attention_mask[-1, length - 3 :] = 0
-    input_ids[:, 0] = 2
-    input_ids[-1, length - 3 :] = 0
-    return input_ids, token_type_ids, attention_mask
 
 
 @pytest.mark.slow

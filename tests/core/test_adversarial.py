@@ -5,38 +5,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import classifier, labelled_batch
 from torch import nn
 
 from mmcourse.adversarial import FGM, adversarial_loss, embedding_attack_accuracy, fgm_perturbation
-from mmcourse.bert import BertConfig, BertModel
-from mmcourse.finetune import SequenceClassifier, classification_loss, mark_trainable
+from mmcourse.finetune import classification_loss, mark_trainable
 from mmcourse.train import TrainConfig, train
-
-TINY = BertConfig(vocab_size=50, context_length=16, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def optimiser_ready() -> None:
     """Build one optimiser up front: torch's first one takes about a second (a lazy import), so no test pays it."""
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-
-
-def classifier(seed: int = 0, dropout: float = 0.0, pooling: str = "mean") -> SequenceClassifier:
-    torch.manual_seed(seed)
-    return SequenceClassifier(BertModel(TINY), TINY.d_model, n_classes=2, dropout=dropout, pooling=pooling)
-
-
-def labelled_batch(size: int = 8, length: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random sequences with some padding at the end and random labels, as a collated batch."""
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(1, TINY.vocab_size, (size, length), generator=generator)  # (batch, L)
-    lengths = torch.randint(length // 2, length + 1, (size,), generator=generator)  # (batch,)
-    attention_mask = (torch.arange(length)[None, :] < lengths[:, None]).long()  # (batch, L)
-    return {
-        "input_ids": input_ids.masked_fill(attention_mask == 0, TINY.pad_id),
-        "attention_mask": attention_mask,
-        "labels": torch.arange(size) % 2,  # (batch,) balanced
-    }
 
 
 def loss_only(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

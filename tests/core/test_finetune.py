@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CLASSIFIER_BERT as TINY
+from conftest import classifier, labelled_batch
 from torch import nn
 
 from mmcourse.bert import BertConfig, BertForPreTraining, BertModel
@@ -24,31 +26,11 @@ from mmcourse.finetune import (
 from mmcourse.lora import apply_lora, lora_state_dict
 from mmcourse.train import TrainConfig, parameter_count, train
 
-TINY = BertConfig(vocab_size=50, context_length=16, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0)
-
 
 @pytest.fixture(scope="module", autouse=True)
 def optimiser_ready() -> None:
     """Build one optimiser up front: torch's first one takes about a second (a lazy import), so no test pays it."""
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-
-
-def classifier(seed: int = 0, dropout: float = 0.0, pooling: str = "mean") -> SequenceClassifier:
-    torch.manual_seed(seed)
-    return SequenceClassifier(BertModel(TINY), TINY.d_model, n_classes=2, dropout=dropout, pooling=pooling)
-
-
-def labelled_batch(size: int = 8, length: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random sequences with some padding at the end and random labels, as a collated batch."""
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(1, TINY.vocab_size, (size, length), generator=generator)  # (batch, L)
-    lengths = torch.randint(length // 2, length + 1, (size,), generator=generator)  # (batch,)
-    attention_mask = (torch.arange(length)[None, :] < lengths[:, None]).long()  # (batch, L)
-    return {
-        "input_ids": input_ids.masked_fill(attention_mask == 0, TINY.pad_id),
-        "attention_mask": attention_mask,
-        "labels": torch.arange(size) % 2,  # (batch,) balanced
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
