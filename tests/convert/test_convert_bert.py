@@ -22,6 +22,17 @@ def perturb(model: torch.nn.Module) -> None:
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
 
 
+def assert_same_pretraining_logits(model: BertForPreTraining, hf_model: torch.nn.Module) -> None:
+    """Our MLM logits (at real tokens) and NSP logits equal transformers' on the pair batch."""
+    input_ids, token_type_ids, attention_mask = pair_batch()
+    with torch.no_grad():
+        ours = model(input_ids, token_type_ids, attention_mask)
+        theirs = hf_model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+    real = attention_mask.bool()
+    torch.testing.assert_close(ours.mlm_logits[real], theirs.prediction_logits[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.nsp_logits, theirs.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_to_hf_bert_gives_the_same_logits_and_hidden_states() -> None:
     model = BertForPreTraining(TINY)
@@ -30,12 +41,8 @@ def test_to_hf_bert_gives_the_same_logits_and_hidden_states() -> None:
     hf_model = to_hf_bert_for_pretraining(model)
     assert not hf_model.training
     input_ids, token_type_ids, attention_mask = pair_batch()
-    with torch.no_grad():
-        ours = model(input_ids, token_type_ids, attention_mask)
-        theirs = hf_model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+    assert_same_pretraining_logits(model, hf_model)
     real = attention_mask.bool()
-    torch.testing.assert_close(ours.mlm_logits[real], theirs.prediction_logits[real], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.nsp_logits, theirs.seq_relationship_logits, atol=1e-5, rtol=1e-5)
     encoder = to_hf_bert(model.bert).eval()
     with torch.no_grad():
         theirs = encoder(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
@@ -61,16 +68,12 @@ def test_from_hf_bert_gives_the_same_logits(tmp_path: Path) -> None:
     assert isinstance(model, BertForPreTraining) and not model.training
     assert (model.config.d_ff, model.config.context_length, model.config.norm_eps) == (48, 20, 1e-12)
     input_ids, token_type_ids, attention_mask = pair_batch()
-    with torch.no_grad():
-        ours = model(input_ids, token_type_ids, attention_mask)
-        theirs = hf_model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
-    real = attention_mask.bool()
-    torch.testing.assert_close(ours.mlm_logits[real], theirs.prediction_logits[real], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.nsp_logits, theirs.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+    assert_same_pretraining_logits(model, hf_model)
     encoder = from_hf_bert(hf_model.bert)
     assert isinstance(encoder, BertModel)
     with torch.no_grad():
-        torch.testing.assert_close(encoder(input_ids, token_type_ids, attention_mask).hidden_states, ours.hidden_states)
+        expected = model(input_ids, token_type_ids, attention_mask).hidden_states  # the pretraining model's encoder
+        torch.testing.assert_close(encoder(input_ids, token_type_ids, attention_mask).hidden_states, expected)
 
 
 @pytest.mark.slow
