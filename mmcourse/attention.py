@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_dropout, check_positive_int
 
 
 def causal_mask(length: int, device: torch.device | str | None = None) -> Tensor:
@@ -98,8 +98,7 @@ class MultiHeadAttention(nn.Module):
         check_positive_int("n_heads", n_heads)
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_dropout("dropout", dropout)
         self.d_model, self.n_heads, self.head_dim, self.dropout = d_model, n_heads, d_model // n_heads, dropout
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(d_model, d_model, bias=bias)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import padding_mask
-from mmcourse.checks import check_int, check_positive_int
+from mmcourse.checks import check_dropout, check_int, check_positive_int, check_positive_number
 from mmcourse.layers import EncoderLayer
 from mmcourse.train import IGNORE_INDEX
 
@@ -44,10 +44,8 @@ class BertConfig:
             check_positive_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        check_dropout("dropout", self.dropout)
+        check_positive_number("norm_eps", self.norm_eps)
         check_int("pad_id", self.pad_id, minimum=0)
         if self.pad_id >= self.vocab_size:
             raise ValueError(f"pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}")

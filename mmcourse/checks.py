@@ -40,6 +40,20 @@ def check_finite_number(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
+def check_positive_number(name: str, value: object) -> None:
+    """TypeError naming ``name`` unless ``value`` is an int or a float (not a bool); ValueError unless finite, > 0."""
+    check_finite_number(name, value)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_dropout(name: str, value: object) -> None:
+    """TypeError naming ``name`` unless ``value`` is an int or a float (not a bool); ValueError unless in [0, 1)."""
+    check_finite_number(name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
 def check_token_ids(name: str, ids: Tensor, vocab_size: int, size_name: str = "vocab_size") -> None:
     """Raise unless ``ids`` is an int64 / int32 tensor of ids in [0, vocab_size): TypeError for another type,
     ValueError naming ``name``, the valid range (``size_name=vocab_size``) and the ids found outside it.

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.bert import mean_pool
-from mmcourse.checks import check_positive_int, check_token_ids
+from mmcourse.checks import check_dropout, check_positive_int, check_positive_number, check_token_ids
 from mmcourse.layers import EncoderLayer
 
 TEXT_POOLINGS = ("end", "mean")
@@ -139,8 +139,7 @@ class TextEncoderConfig:
             check_positive_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_dropout("dropout", self.dropout)
         if self.pooling not in TEXT_POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} is not one of {TEXT_POOLINGS}")
 
@@ -225,6 +224,8 @@ class CLIPConfig:
 
     def __post_init__(self) -> None:
         check_positive_int("embed_dim", self.embed_dim)
+        for name in ("init_temperature", "max_scale"):
+            check_positive_number(name, getattr(self, name))
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.bert import mean_pool
-from mmcourse.checks import check_finite_number, check_positive_int
+from mmcourse.checks import check_dropout, check_finite_number, check_positive_int
 from mmcourse.clip import last_hidden_state
 from mmcourse.lora import is_lora_parameter, lora_layers, lora_state_dict
 from mmcourse.train import parameter_count, to_device
@@ -53,8 +53,7 @@ class SequenceClassifier(nn.Module):
         check_finite_number("dropout", dropout)
         if n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_dropout("dropout", dropout)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}")
         self.pooling = pooling

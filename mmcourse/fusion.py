@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from mmcourse.attention import causal_mask, padding_mask
 from mmcourse.bert import mean_pool
-from mmcourse.checks import check_int, check_positive_int
+from mmcourse.checks import check_int, check_positive_int, check_positive_number
 from mmcourse.layers import DecoderLayer, EncoderLayer
 from mmcourse.transformer import Decoder, TransformerConfig
 from mmcourse.vision import PatchEmbedding, VisionTransformer, ViTConfig, check_images
@@ -58,8 +58,7 @@ class FusionConfig:
         for name in ("vocab_size", "n_answers", "context_length", "n_fusion_layers", "head_hidden"):
             check_positive_int(name, getattr(self, name))
         self.vit_config()  # checks the image and width fields: sizes, divisibility, dropout
-        if not self.image_position_std > 0:
-            raise ValueError(f"image_position_std must be > 0, got {self.image_position_std}")
+        check_positive_number("image_position_std", self.image_position_std)
 
     @property
     def n_patches(self) -> int:
@@ -393,9 +392,9 @@ class CaptionerConfig:
         for name in ("vocab_size", "context_length", "n_encoder_layers", "n_decoder_layers"):
             check_positive_int(name, getattr(self, name))
         self.vit_config()  # checks the image and width fields: sizes, divisibility, dropout
-        if not self.image_position_std > 0:
-            raise ValueError(f"image_position_std must be > 0, got {self.image_position_std}")
-        if not 0 <= self.pad_id < self.vocab_size:
+        check_positive_number("image_position_std", self.image_position_std)
+        check_int("pad_id", self.pad_id, minimum=0)
+        if self.pad_id >= self.vocab_size:
             raise ValueError(f"pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id!r}")
 
     def vit_config(self) -> ViTConfig:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import scaled_dot_product_attention
-from mmcourse.checks import check_finite_number, check_positive_int
+from mmcourse.checks import check_dropout, check_positive_int, check_positive_number
 from mmcourse.generation import KVCache
 from mmcourse.positional import RotaryEmbedding
 
@@ -57,12 +57,9 @@ class GPTConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
-        for name in ("dropout", "rope_base", "norm_eps"):
-            check_finite_number(name, getattr(self, name))
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not (self.rope_base > 0 and self.norm_eps > 0):
-            raise ValueError(f"rope_base and norm_eps must be > 0, got {self.rope_base!r} and {self.norm_eps!r}")
+        check_dropout("dropout", self.dropout)
+        for name in ("rope_base", "norm_eps"):
+            check_positive_number(name, getattr(self, name))
         for name in ("bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

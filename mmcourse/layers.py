@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import MultiHeadAttention
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_dropout, check_positive_int
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
@@ -26,8 +26,7 @@ def _check_sizes(
         check_positive_int(name, value)
     if d_model % n_heads:
         raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_dropout("dropout", dropout)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not one of {tuple(ACTIVATIONS)}")
     if not norm_eps > 0:

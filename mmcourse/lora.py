@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from mmcourse.checks import check_finite_number, check_positive_int
+from mmcourse.checks import check_dropout, check_finite_number, check_positive_int
 
 if TYPE_CHECKING:
     import peft
@@ -35,8 +35,7 @@ def _check_lora_arguments(rank: int, alpha: float, dropout: float) -> None:
         check_finite_number(name, value)
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_dropout("dropout", dropout)
 
 
 class LoRALinear(nn.Module):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.attention import causal_mask, padding_mask
-from mmcourse.checks import check_int, check_positive_int
+from mmcourse.checks import check_dropout, check_int, check_positive_int
 from mmcourse.layers import ACTIVATIONS, DecoderLayer, EncoderLayer
 from mmcourse.positional import SinusoidalPositionalEncoding
 
@@ -54,8 +54,7 @@ class TransformerConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.d_model % 2:
             raise ValueError(f"d_model={self.d_model} must be even: sinusoidal positions use (sin, cos) pairs")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_dropout("dropout", self.dropout)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation={self.activation!r} is not one of {tuple(ACTIVATIONS)}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:

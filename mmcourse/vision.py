@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mmcourse.checks import check_positive_int
+from mmcourse.checks import check_dropout, check_positive_int
 from mmcourse.layers import EncoderLayer
 
 POOLINGS = ("cls", "mean")  # an encoder's vector: token 0's final state ([CLS]), or the mean of the token states
@@ -51,8 +51,7 @@ class ViTConfig:
             raise ValueError(f"image_size={self.image_size} must be divisible by patch_size={self.patch_size}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_dropout("dropout", self.dropout)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}")
 

@@ -70,6 +70,13 @@ class Timing:
     maximum: float
     repeats: int
 
+    @classmethod
+    def from_seconds(cls, seconds: Sequence[float]) -> Timing:
+        """The median and spread of these measurements."""
+        if not seconds:
+            raise ValueError("seconds must hold at least one measurement")
+        return cls(statistics.median(seconds), min(seconds), max(seconds), len(seconds))
+
 
 def time_call(function: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Timing:
     """Run ``function`` ``warmup`` times, then time ``repeats`` runs (synchronising CUDA) and summarise."""
@@ -87,7 +94,7 @@ def time_call(function: Callable[[], object], repeats: int = 5, warmup: int = 1)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return Timing(statistics.median(times), min(times), max(times), repeats)
+    return Timing.from_seconds(times)
 
 
 def attention_inputs(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from mmcourse.checks import check_positive_int
@@ -73,3 +75,48 @@ def test_importing_the_checks_does_not_import_torch() -> None:
 
     code = "import sys, mmcourse.checks; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_dropout_and_positive_number_checks_name_the_field() -> None:
+    from mmcourse.checks import check_dropout, check_positive_number
+
+    check_dropout("dropout", 0)
+    check_dropout("dropout", 0.5)
+    check_positive_number("eps", 1e-12)
+    for check, bad_values in ((check_dropout, (1.0, -0.1, math.nan)), (check_positive_number, (0, -1.0, math.inf))):
+        for value in bad_values:
+            with pytest.raises(ValueError, match="field"):
+                check("field", value)
+        for value in ("0.1", None, True):
+            with pytest.raises(TypeError, match="field must be a number"):
+                check("field", value)
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "value", "error"),
+    [
+        ("mmcourse.bert:BertConfig", "norm_eps", math.inf, ValueError),
+        ("mmcourse.bert:BertConfig", "dropout", "0.1", TypeError),
+        ("mmcourse.clip:CLIPConfig", "init_temperature", math.nan, ValueError),
+        ("mmcourse.clip:CLIPConfig", "max_scale", "100", TypeError),
+        ("mmcourse.clip:TextEncoderConfig", "dropout", "0.1", TypeError),
+        ("mmcourse.fusion:FusionConfig", "image_position_std", math.inf, ValueError),
+        ("mmcourse.fusion:CaptionerConfig", "pad_id", 2.5, TypeError),
+        ("mmcourse.transformer:TransformerConfig", "dropout", "0.1", TypeError),
+        ("mmcourse.vision:ViTConfig", "dropout", "0.1", TypeError),
+        ("mmcourse.gpt:GPTConfig", "rope_base", 0.0, ValueError),
+    ],
+)
+def test_configs_reject_a_wrong_type_or_value_naming_the_field(
+    config: str, field: str, value: object, error: type[Exception]
+) -> None:
+    import dataclasses
+    import importlib
+    import inspect
+
+    module, name = config.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    required = [p.name for p in inspect.signature(cls).parameters.values() if p.default is inspect.Parameter.empty]
+    valid = cls(**{name: 64 if "vocab" in name or "size" in name else 4 for name in required})
+    with pytest.raises(error, match=field):
+        dataclasses.replace(valid, **{field: value})
