@@ -232,7 +232,7 @@ def _digit_pools(split: str) -> tuple[np.ndarray, ...]:
 
 
 @lru_cache(maxsize=16)
-def _drawable_pairs(config: SceneConfig, split: str) -> tuple[tuple[str, str], ...]:
+def drawable_pairs(config: SceneConfig, split: str) -> tuple[tuple[str, str], ...]:
     """The (colour, shape) pairs a split draws from, uniformly: train leaves out config.held_out."""
     pairs = [(colour, shape) for colour in config.colours for shape in config.shapes]
     return tuple(pair for pair in pairs if split != "train" or pair not in config.held_out)
@@ -248,7 +248,7 @@ def _sample_object(rng: np.random.Generator, config: SceneConfig, split: str, po
         colour = config.colours[rng.integers(len(config.colours))]
     else:
         kind, digit, digit_image = "shape", None, None
-        pairs = _drawable_pairs(config, split)
+        pairs = drawable_pairs(config, split)
         colour, shape = pairs[rng.integers(len(pairs))]
     size = config.sizes[rng.integers(len(config.sizes))]
     extent = SIZE_FRACTIONS[size] * config.image_size * (1 + rng.uniform(-config.size_jitter, config.size_jitter))

@@ -206,7 +206,8 @@ class VQAData:
         return counts
 
 
-def _is_held_out(question: Question, config: VQAConfig) -> bool:
+def is_held_out(question: Question, config: VQAConfig) -> bool:
+    """Whether the question's (question type, subject) is one of ``config.held_out``: never asked in train."""
     return (question.question_type, question.subject) in config.held_out
 
 
@@ -222,7 +223,7 @@ def generate_vqa(count: int, config: VQAConfig = VQAConfig(), seed: int = 0, spl
     candidates: dict[tuple[str, str], list[tuple[int, Question]]] = {}
     for index, scene in enumerate(pool):
         for question in scene_questions(scene, config):
-            if split == "train" and _is_held_out(question, config):
+            if split == "train" and is_held_out(question, config):
                 continue
             key = (question.question_type, question.template, question.answer)
             candidates.setdefault(key, []).append((index, question))
@@ -255,7 +256,7 @@ def generate_vqa(count: int, config: VQAConfig = VQAConfig(), seed: int = 0, spl
         subjects=[question.subject for _, question in chosen],
         scene_index=torch.tensor([new_index[index] for index, _ in chosen], dtype=torch.long),  # (N,)
         answer_ids=torch.tensor([answer_vocabulary.index(q.answer) for _, q in chosen], dtype=torch.long),
-        held_out=torch.tensor([_is_held_out(question, config) for _, question in chosen], dtype=torch.bool),
+        held_out=torch.tensor([is_held_out(question, config) for _, question in chosen], dtype=torch.bool),
     )
 
 
