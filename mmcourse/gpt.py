@@ -229,7 +229,7 @@ class GPT(nn.Module):
     def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         """input_ids (batch, T) → logits (batch, T, vocab_size). With ``cache``, input_ids continue the cached
         tokens (their queries see the cached keys) and their own keys and values are appended to it."""
-        _check_input_ids(input_ids)
+        check_input_ids(input_ids)
         return self.forward_embeddings(self.token_embedding(input_ids), cache)
 
     def forward_embeddings(self, hidden_states: Tensor, cache: KVCache | None = None) -> Tensor:
@@ -252,8 +252,12 @@ class GPT(nn.Module):
     def attention_weights(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         """Every layer's attention weights for ``forward``'s inputs, stacked: (n_layers, batch, n_heads, T, S). The
         whole forward pass runs, with chapter 1's explicit attention in each block instead of the fused kernel."""
-        _check_input_ids(input_ids)
-        return torch.stack(self._forward(self.token_embedding(input_ids), cache, need_weights=True)[1])
+        check_input_ids(input_ids)
+        return self.attention_weights_from_embeddings(self.token_embedding(input_ids), cache)
+
+    def attention_weights_from_embeddings(self, hidden_states: Tensor, cache: KVCache | None = None) -> Tensor:
+        """``attention_weights`` from input vectors (batch, T, d_model), as ``forward_embeddings`` takes them."""
+        return torch.stack(self._forward(hidden_states, cache, need_weights=True)[1])
 
     def new_cache(self) -> KVCache:
         """An empty KV cache with one slot per layer."""
@@ -274,7 +278,7 @@ class GPT(nn.Module):
         return offset
 
 
-def _check_input_ids(input_ids: Tensor) -> None:
+def check_input_ids(input_ids: Tensor) -> None:
     """TypeError unless an int64 / int32 tensor, ValueError unless (batch, T >= 1): metadata, not the values."""
     if not isinstance(input_ids, Tensor) or input_ids.dtype not in (torch.int64, torch.int32):
         got = f"a {input_ids.dtype} tensor" if isinstance(input_ids, Tensor) else type(input_ids).__name__

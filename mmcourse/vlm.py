@@ -32,7 +32,7 @@ from mmcourse.alignment import masked_next_token_loss, sft_batch
 from mmcourse.checks import check_int, check_positive_int, check_token_ids
 from mmcourse.finetune import mark_trainable
 from mmcourse.generation import evaluating
-from mmcourse.gpt import GPT, _check_input_ids
+from mmcourse.gpt import GPT, check_input_ids
 from mmcourse.layers import DecoderLayer
 from mmcourse.lora import LoRALinear, apply_lora
 from mmcourse.prompting import chatml
@@ -214,7 +214,7 @@ class VisionLanguageModel(nn.Module):
 
     def embed(self, images: Tensor, input_ids: Tensor) -> Tensor:
         """The mixed sequence (batch, T, d_model): token embeddings, the image tokens at the placeholders."""
-        _check_input_ids(input_ids)
+        check_input_ids(input_ids)
         image = self.encode_images(images)  # (batch, N, d_model), the images' shape checked
         if image.size(0) != input_ids.size(0):
             raise ValueError(f"expected one image per row of input_ids: {input_ids.size(0)} rows, got "
@@ -230,7 +230,7 @@ class VisionLanguageModel(nn.Module):
     def attention_weights(self, images: Tensor, input_ids: Tensor) -> Tensor:
         """Every LLM layer's attention weights over the mixed sequence: (n_layers, batch, n_heads, T, T)."""
         hidden_states = self.embed(images, input_ids)  # (batch, T, d_model)
-        return torch.stack(self.llm._forward(hidden_states, None, need_weights=True)[1])  # GPT's explicit attention
+        return self.llm.attention_weights_from_embeddings(hidden_states)  # GPT's explicit attention
 
     def image_attention(self, images: Tensor, input_ids: Tensor) -> Tensor:
         """The attention every position pays to each image token, in image-token order: (n_layers, batch, n_heads,
@@ -244,7 +244,7 @@ class VisionLanguageModel(nn.Module):
 def check_image_placeholders(input_ids: Tensor, image_token_id: int, n_image_tokens: int) -> None:
     """ValueError unless every row of input_ids (batch, T) holds exactly ``n_image_tokens`` placeholders. It reads
     the ids (one device sync): call it once where prompts enter, not in a forward pass."""
-    _check_input_ids(input_ids)
+    check_input_ids(input_ids)
     counts = (input_ids == image_token_id).sum(dim=1)  # (batch,)
     if bool((counts != n_image_tokens).any()):
         raise ValueError(f"every row of input_ids must hold n_image_tokens={n_image_tokens} image placeholders (id "
