@@ -133,18 +133,19 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)  # (batch, n_kv_heads, S, head_dim), S = cached + L
         groups = self.n_heads // self.n_kv_heads  # query heads per key/value head
-        k = k.repeat_interleave(groups, dim=1)  # (batch, n_heads, S, head_dim): kv head j serves query heads j·g …
-        v = v.repeat_interleave(groups, dim=1)  # (batch, n_heads, S, head_dim)
+        if groups > 1:  # kv head j serves query heads j·g … (j+1)·g - 1
+            k = k.repeat_interleave(groups, dim=1)  # (batch, n_heads, S, head_dim)
+            v = v.repeat_interleave(groups, dim=1)  # (batch, n_heads, S, head_dim)
         keys, dropout = k.size(-2), self.dropout if self.training else 0.0
-        # query i sits at position cached + i: it sees keys 0 … cached + i (a causal mask aligned bottom-right)
-        mask = torch.ones(length, keys, dtype=torch.bool, device=x.device).tril(diagonal=keys - length)  # (L, S)
         attn_weights = None
-        if need_weights:  # chapter 1's explicit softmax(q kᵀ / √d) v, which has the weights to return
-            context, attn_weights = scaled_dot_product_attention(q, k, v, mask, dropout)  # (batch, n_heads, L, hd)
-        elif keys == length:  # nothing cached: torch's fused causal kernel
+        if keys == length and not need_weights:  # nothing cached: torch's fused causal kernel
             context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (batch, h, L, hd)
-        else:  # is_causal would align the mask top-left: pass it explicitly
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (batch, h, L, hd)
+        else:  # query i sits at position cached + i: it sees keys 0 … cached + i (a causal mask aligned bottom-right)
+            mask = torch.ones(length, keys, dtype=torch.bool, device=x.device).tril(diagonal=keys - length)  # (L, S)
+            if need_weights:  # chapter 1's explicit softmax(q kᵀ / √d) v, which has the weights to return
+                context, attn_weights = scaled_dot_product_attention(q, k, v, mask, dropout)  # (batch, h, L, hd)
+            else:  # is_causal would align the mask top-left: pass it explicitly
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         context = context.transpose(1, 2).reshape(batch, length, -1)  # (batch, L, d_model)
         return self.out_proj(context), attn_weights  # (batch, L, d_model)
 
