@@ -8,8 +8,9 @@
   enter; nothing on a forward pass reads its data to check it.
 - **Conversions** (``mmcourse.convert``): every bridge to Hugging Face transformers and to torch's own layers, one
   module per model, each beside its parity tests (``tests/convert``).
-- **The book's machinery** (``mmcourse.book``): profiles, recorded results, the one notebook executor, bench,
-  runbook, Colab set-up, online guards, widgets and figures. The teaching core never imports it.
+- **The book's machinery** (``mmcourse.book``): profiles, recorded results, the one notebook executor, bench (and
+  the minimal GPT it measures ours against), runbook, Colab set-up, online guards, widgets and figures. The teaching
+  core never imports it.
 
 ``mmcourse.data`` has one module per data source (generated, or installed offline from a package registry), and
 ``mmcourse.exercises`` the auto-checkers of each chapter's exercises.

@@ -51,7 +51,7 @@ from mmcourse.convert.bert import to_hf_bert
 from mmcourse.convert.gpt import to_hf_gpt2
 from mmcourse.generation import generate
 from mmcourse.gpt import GPT, GPTConfig, next_token_loss
-from mmcourse.train import TrainConfig, uses_bf16
+from mmcourse.train import TrainConfig, parameter_count, uses_bf16
 from mmcourse.vision import VisionTransformer, ViTConfig
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ def attention_cost(
 # make bench: each figure beside a reference, measured in the same run, summarised as ratios
 # ---------------------------------------------------------------------------------------------------------------
 
-SECTIONS = ("attention", "generation", "training", "compile", "bert", "clip", "notebooks")
+SECTIONS = ("attention", "generation", "training", "reference", "compile", "bert", "clip", "notebooks")
 PROFILE_CACHE = "cpu"  # the profile whose notebook times come from `make book`'s execution cache
 MIB = 2**20
 
@@ -466,6 +466,57 @@ def training_section(config: GPTConfig, batch: int, steps: int, repeats: int, de
         f"same config and initial weights (to_hf_gpt2; logits checked equal): d_model={config.d_model}, "
         f"{config.n_layers} layers, {config.n_heads} heads, vocab {config.vocab_size}; forward + loss + backward "
         "+ AdamW step, float32",
+    )
+
+
+def reference_section(config: GPTConfig, batch: int, steps: int, repeats: int, device: str = "cpu") -> Section:
+    """Training throughput of our GPT vs a minimal plain-torch GPT of the same sizes
+    (:class:`mmcourse.book.reference_gpt.MinimalGPT`: fused q/k/v, no biases, fused attention, tied head): once
+    with chapter 4's options (biases), once with ``bias=False``, so that the rows show what the biases cost."""
+    from mmcourse.book.reference_gpt import MinimalGPT
+
+    check_positive_int("batch", batch)
+    check_positive_int("steps", steps)
+    check_positive_int("repeats", repeats)
+    length = config.context_length
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(config.vocab_size, (batch, length + 1), generator=generator).to(device)  # (batch, T + 1)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (batch, T) each
+    torch.manual_seed(0)
+    reference = MinimalGPT(config.vocab_size, length, config.d_model, config.n_heads, config.n_layers).to(device)
+    reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=3e-4)
+
+    def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        for _ in range(steps):
+            loss = next_token_loss(model(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    rows, counts = [], [f"reference {parameter_count(reference):,} parameters"]
+    for name, options in (("chapter 4's options", {}), ("bias=False", {"bias": False})):
+        torch.manual_seed(0)
+        ours = GPT(replace(config, **options)).to(device).train()
+        counts.append(f"ours with {name} {parameter_count(ours):,}")
+        optimizer = torch.optim.AdamW(ours.parameters(), lr=3e-4)
+        seconds = time_pair(
+            lambda ours=ours, optimizer=optimizer: train(ours, optimizer),
+            lambda: train(reference, reference_optimizer),
+            repeats,
+            device=device,
+        )
+        rates = [_per_second(steps * batch * length, side) for side in seconds]
+        rows.append(compare(f"ours with {name}, batch {batch} × {length}, {steps} steps", "tokens/s", *rates,
+                            _measured(repeats)))  # fmt: skip
+    return Section(
+        "reference",
+        "GPT training throughput against a minimal GPT",
+        "mmcourse.gpt.GPT",
+        "MinimalGPT (mmcourse.book.reference_gpt: fused q/k/v, no biases, fused attention, tied head)",
+        tuple(rows),
+        f"d_model={config.d_model}, {config.n_layers} layers, {config.n_heads} heads, vocab {config.vocab_size}; "
+        f"forward + loss + backward + AdamW step, float32, random tokens (throughput only: the loss each reaches on "
+        f"real text is not compared here); {'; '.join(counts)}",
     )
 
 
@@ -801,6 +852,7 @@ def run_bench(sizes: BenchSizes, device: str = "cpu", root: Path | None = None) 
         "attention": lambda: attention_section(sizes.attention_lengths, repeats, device=device),
         "generation": lambda: generation_section(sizes.gpt, sizes.prompt_length, sizes.new_tokens, repeats, 1, device),
         "training": lambda: training_section(sizes.gpt, sizes.train_batch, sizes.train_steps, repeats, device),
+        "reference": lambda: reference_section(sizes.gpt, sizes.train_batch, sizes.train_steps, repeats, device),
         "compile": lambda: compile_section(sizes.gpt, sizes.train_batch, sizes.train_steps, repeats, device),
         "bert": lambda: bert_section(sizes.bert, sizes.bert_batch, sizes.bert_length, repeats, device),
         "clip": lambda: clip_section(sizes.vit, sizes.text, sizes.embed_dim, sizes.clip_batch, repeats, device),

@@ -33,6 +33,7 @@ from mmcourse.book.bench import (
     main,
     notebooks_section,
     ratios,
+    reference_section,
     summarise,
     time_call,
     time_pair,
@@ -103,6 +104,7 @@ def test_no_ratio_where_a_side_is_missing_or_zero() -> None:
         (lambda: generation_section(QUICK.gpt, 10, (8,), repeats=1), r"prompt_length \+ new_tokens = 18"),
         (lambda: generation_section(QUICK.gpt, 4, (), repeats=1), "new_tokens must be positive ints"),
         (lambda: training_section(QUICK.gpt, batch=0, steps=1, repeats=1), "batch must be a positive int"),
+        (lambda: reference_section(QUICK.gpt, batch=2, steps=0, repeats=1), "steps must be a positive int"),
         (lambda: bert_section(QUICK.bert, batch=1, length=17, repeats=1), "length=17 must be <= context_length=16"),
         (lambda: clip_section(QUICK.vit, QUICK.text, 16, batch=1, repeats=0), "repeats must be a positive int"),
         (lambda: replace(QUICK, train_steps=0), "train_steps must be a positive int"),
@@ -257,7 +259,7 @@ def test_quick_run_writes_every_section_as_json(tmp_path: Path, capsys: pytest.C
     assert report["mode"] == "quick" and "device=" in report["device"] and report["sizes"]["repeats"] == 1
     assert report["load_average_start"] is None or report["load_average_start"] >= 0
     assert list(report["sections"]) == list(SECTIONS)
-    for name in ("attention", "generation", "training", "compile", "bert", "clip"):
+    for name in ("attention", "generation", "training", "reference", "compile", "bert", "clip"):
         rows = report["sections"][name]["rows"]
         assert rows and all(row["ours"] and row["reference"] and row["ratio"] for row in rows), name
     assert report["sections"]["notebooks"]["rows"], "one row per chapter, even when nothing was executed"
