@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.bert import mean_pool
-from mmcourse.checks import check_dropout, check_finite_number, check_positive_int
+from mmcourse.checks import check_dropout, check_positive_int
 from mmcourse.clip import last_hidden_state
 from mmcourse.lora import is_lora_parameter, lora_layers, lora_state_dict
 from mmcourse.train import parameter_count, to_device
@@ -50,7 +50,6 @@ class SequenceClassifier(nn.Module):
             raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
         check_positive_int("hidden_size", hidden_size)
         check_positive_int("n_classes", n_classes)
-        check_finite_number("dropout", dropout)
         if n_classes < 2:
             raise ValueError(f"n_classes must be >= 2, got {n_classes}")
         check_dropout("dropout", dropout)

@@ -424,6 +424,30 @@ def generation_section(
     )
 
 
+def _next_token_batch(config: GPTConfig, batch: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random tokens (seed 0), batch × (context_length + 1), split into inputs and next-token targets (batch, T)."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(config.vocab_size, (batch, config.context_length + 1), generator=generator).to(device)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def _training_steps(
+    logits_of: Callable[[], torch.Tensor],
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    bf16: bool = False,
+) -> None:
+    """``steps`` steps of forward (``logits_of``), next-token loss, backward and optimizer step; the forward and the
+    loss under CUDA bf16 autocast when ``bf16``."""
+    for _ in range(steps):
+        with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = next_token_loss(logits_of(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
 def training_section(config: GPTConfig, batch: int, steps: int, repeats: int, device: str = "cpu") -> Section:
     """Training throughput (forward, next-token loss, backward, AdamW step) of our GPT vs transformers'
     GPT2LMHeadModel built from the same config with the same initial weights (mmcourse.convert.gpt.to_hf_gpt2)."""
@@ -434,24 +458,17 @@ def training_section(config: GPTConfig, batch: int, steps: int, repeats: int, de
     ours = GPT(config).to(device).train()
     theirs = to_hf_gpt2(ours).train()  # same config, same weights
     length = config.context_length
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(config.vocab_size, (batch, length + 1), generator=generator).to(device)  # (batch, T + 1)
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (batch, T) each
+    inputs, targets = _next_token_batch(config, batch, device)  # (batch, T) each
     with torch.no_grad():
         torch.testing.assert_close(theirs(input_ids=inputs, use_cache=False).logits, ours(inputs))
     our_optimizer = torch.optim.AdamW(ours.parameters(), lr=3e-4)
     their_optimizer = torch.optim.AdamW(theirs.parameters(), lr=3e-4)
 
-    def train(logits_of: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
-        for _ in range(steps):
-            loss = next_token_loss(logits_of(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
     seconds = time_pair(
-        lambda: train(lambda: ours(inputs), our_optimizer),
-        lambda: train(lambda: theirs(input_ids=inputs, use_cache=False).logits, their_optimizer),
+        lambda: _training_steps(lambda: ours(inputs), targets, our_optimizer, steps),
+        lambda: _training_steps(
+            lambda: theirs(input_ids=inputs, use_cache=False).logits, targets, their_optimizer, steps
+        ),
         repeats,
         device=device,
     )
@@ -479,19 +496,10 @@ def reference_section(config: GPTConfig, batch: int, steps: int, repeats: int, d
     check_positive_int("steps", steps)
     check_positive_int("repeats", repeats)
     length = config.context_length
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(config.vocab_size, (batch, length + 1), generator=generator).to(device)  # (batch, T + 1)
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (batch, T) each
+    inputs, targets = _next_token_batch(config, batch, device)  # (batch, T) each
     torch.manual_seed(0)
     reference = MinimalGPT(config.vocab_size, length, config.d_model, config.n_heads, config.n_layers).to(device)
     reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=3e-4)
-
-    def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        for _ in range(steps):
-            loss = next_token_loss(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
 
     rows, counts = [], [f"reference {parameter_count(reference):,} parameters"]
     for name, options in (("chapter 4's options", {}), ("bias=False", {"bias": False})):
@@ -500,8 +508,8 @@ def reference_section(config: GPTConfig, batch: int, steps: int, repeats: int, d
         counts.append(f"ours with {name} {parameter_count(ours):,}")
         optimizer = torch.optim.AdamW(ours.parameters(), lr=3e-4)
         seconds = time_pair(
-            lambda ours=ours, optimizer=optimizer: train(ours, optimizer),
-            lambda: train(reference, reference_optimizer),
+            lambda ours=ours, optimizer=optimizer: _training_steps(lambda: ours(inputs), targets, optimizer, steps),
+            lambda: _training_steps(lambda: reference(inputs), targets, reference_optimizer, steps),
             repeats,
             device=device,
         )
@@ -533,21 +541,13 @@ def compile_section(config: GPTConfig, batch: int, steps: int, repeats: int, dev
     twin = copy.deepcopy(eager)
     compiled = torch.compile(twin)  # OptimizedModule: calls run the compiled forward of twin
     length = config.context_length
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(config.vocab_size, (batch, length + 1), generator=generator).to(device)  # (batch, T + 1)
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (batch, T) each
+    inputs, targets = _next_token_batch(config, batch, device)  # (batch, T) each
     optimizers = {id(eager): torch.optim.AdamW(eager.parameters(), lr=3e-4)}
     optimizers[id(compiled)] = torch.optim.AdamW(twin.parameters(), lr=3e-4)
     bf16 = uses_bf16(TrainConfig(autocast_bf16=True), torch.device(device))  # as the gpu profile's training
 
     def train(model: nn.Module, count: int = steps) -> None:
-        optimizer = optimizers[id(model)]
-        for _ in range(count):
-            with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-                loss = next_token_loss(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        _training_steps(lambda: model(inputs), targets, optimizers[id(model)], count, bf16)
 
     torch._dynamo.reset()  # forget what this process compiled before ...
     with tempfile.TemporaryDirectory() as cache, environment(TORCHINDUCTOR_CACHE_DIR=cache):  # ... and the disk cache
