@@ -54,6 +54,18 @@ def check_dropout(name: str, value: object) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
+def check_stage_widths(widths: object, image_size: int) -> None:
+    """A convolutional stack's ``widths``, one stage each halving the image: a non-empty tuple of positive ints, and
+    ``image_size`` divisible by 2 ** len(widths). ValueError (TypeError for a width that is no int) otherwise."""
+    if not isinstance(widths, tuple) or not widths:
+        raise ValueError(f"widths must be a non-empty tuple of ints, got {widths!r}")
+    for width in widths:
+        check_positive_int("widths", width)
+    if image_size % 2 ** len(widths):
+        raise ValueError(f"image_size={image_size} must be divisible by 2**len(widths)={2 ** len(widths)}: each "
+                         "stage halves it")  # fmt: skip
+
+
 def check_token_ids(name: str, ids: Tensor, vocab_size: int, size_name: str = "vocab_size") -> None:
     """Raise unless ``ids`` is an int64 / int32 tensor of ids in [0, vocab_size): TypeError for another type,
     ValueError naming ``name``, the valid range (``size_name=vocab_size``) and the ids found outside it.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mmcourse.checks import check_dropout, check_positive_int
+from mmcourse.checks import check_dropout, check_positive_int, check_stage_widths
 from mmcourse.layers import EncoderLayer
 
 POOLINGS = ("cls", "mean")  # an encoder's vector: token 0's final state ([CLS]), or the mean of the token states
@@ -149,13 +149,7 @@ class CNNConfig:
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "out_features"):
             check_positive_int(name, getattr(self, name))
-        if not isinstance(self.widths, tuple) or not self.widths:
-            raise ValueError(f"widths must be a non-empty tuple of ints, got {self.widths!r}")
-        for width in self.widths:
-            check_positive_int("widths", width)
-        if self.image_size % 2 ** len(self.widths):
-            raise ValueError(f"image_size={self.image_size} must be divisible by 2**len(widths)="
-                             f"{2 ** len(self.widths)}: each stage halves it")  # fmt: skip
+        check_stage_widths(self.widths, self.image_size)
 
 
 class ConvNet(nn.Module):
