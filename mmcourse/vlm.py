@@ -10,7 +10,10 @@ SmolLM2 in the chapter) reads the mixed sequence through ``GPT.forward_embedding
 - ``pixel_shuffle``: every s × s block of neighbouring patches concatenated into one token, then a linear map
   (SmolVLM, nanoVLM), N = P / s² — 4x fewer tokens at s = 2;
 - ``resampler``: a fixed number of learned queries cross-attend to the patches (Flamingo's perceiver resampler,
-  BLIP-2's Q-Former), N = ``n_queries`` whatever P is.
+  BLIP-2's Q-Former), N = ``n_queries`` whatever P is;
+- ``words``: each patch writes one token per *slot*, a softmax-weighted mixture of the embeddings of a few words
+  the LLM already reads (``word_ids``, e.g. the colours, then the shapes), N = P × slots. Its word logits can be
+  trained on their own, with the words as labels (``word_alignment_loss``), before the LLM is ever run.
 
 Training is visual instruction tuning (视觉指令微调) with the loss on the answer tokens only (chapter 8's
 ``sft_batch``): stage 1 trains the connector alone, stage 2 the connector and LoRA adapters on the language model
@@ -26,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.alignment import masked_next_token_loss, sft_batch
@@ -39,7 +43,7 @@ from mmcourse.prompting import chatml
 from mmcourse.vision import ConvNet, VisionTransformer, check_images
 
 IMAGE_TOKEN = "<image>"  # the placeholder in the prompt text; the tokenizer must make it one token
-CONNECTORS = ("linear", "mlp", "pixel_shuffle", "resampler")
+CONNECTORS = ("linear", "mlp", "pixel_shuffle", "resampler", "words")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class VLMConfig:
     n_queries: int = 16  # "resampler": learned queries, one image token each
     resampler_heads: int = 4  # "resampler": attention heads; they must divide the image tower's width
     resampler_layers: int = 1  # "resampler": layers of (query self-attention, cross-attention to the patches, MLP)
+    word_ids: tuple[tuple[int, ...], ...] = ()  # "words": per slot, the LLM token ids its tokens mix (>= 2 each)
 
     def __post_init__(self) -> None:
         check_int("image_token_id", self.image_token_id, minimum=0)
@@ -59,6 +64,16 @@ class VLMConfig:
             raise ValueError(f"connector={self.connector!r} is not one of {CONNECTORS}")
         for name in ("pixel_shuffle_factor", "n_queries", "resampler_heads", "resampler_layers"):
             check_positive_int(name, getattr(self, name))
+        if not isinstance(self.word_ids, tuple) or not all(isinstance(slot, tuple) for slot in self.word_ids):
+            raise TypeError(f"word_ids must be a tuple of tuples of token ids, got {self.word_ids!r}")
+        for slot, ids in enumerate(self.word_ids):
+            if len(ids) < 2 or len(set(ids)) != len(ids):
+                raise ValueError(f"word_ids[{slot}] must hold at least two distinct token ids, got {ids}")
+            for i in ids:
+                check_int(f"word_ids[{slot}]", i, minimum=0)
+        if (self.connector == "words") != bool(self.word_ids):
+            raise ValueError(f"word_ids must be given for connector='words' and only for it, got connector="
+                             f"{self.connector!r} and {len(self.word_ids)} slots")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,8 +175,36 @@ class Resampler(nn.Module):
         return self.projection(self.norm(x))  # (batch, n_queries, d_model)
 
 
-def make_connector(config: VLMConfig, width: int, side: int, d_model: int) -> tuple[nn.Module, int]:
-    """``config.connector`` from patch features (batch, side², width) to (batch, N, d_model), and N."""
+class WordConnector(nn.Module):
+    """Each patch → one token per slot, a mixture of that slot's word embeddings: an MLP gives the patch's logits
+    over every slot's words; softmax within the slot weights the embeddings (copied from the LLM, frozen buffers:
+    the LLM's own table is never touched). (batch, P, width) → (batch, P × slots, d_model), patch by patch."""
+
+    def __init__(self, width: int, embedding: Tensor, word_ids: tuple[tuple[int, ...], ...]) -> None:
+        super().__init__()
+        if any(not 0 <= i < embedding.size(0) for slot in word_ids for i in slot):
+            raise ValueError(f"word_ids must be token ids of the LLM's vocabulary [0, {embedding.size(0)})")
+        self.slot_sizes = [len(slot) for slot in word_ids]
+        self.net = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, sum(self.slot_sizes)))
+        for slot, ids in enumerate(word_ids):  # (n_words, d_model) each
+            self.register_buffer(f"words_{slot}", embedding.detach()[list(ids)].clone())
+
+    def word_logits(self, features: Tensor) -> list[Tensor]:
+        """Per slot, the logits (batch, P, n_words) over its words."""
+        return list(self.net(features).split(self.slot_sizes, dim=-1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        tokens = [logits.softmax(dim=-1) @ getattr(self, f"words_{slot}")  # (batch, P, d_model)
+                  for slot, logits in enumerate(self.word_logits(features))]  # fmt: skip
+        return torch.stack(tokens, dim=2).flatten(1, 2)  # (batch, P · slots, d_model): patch 0's slots first
+
+
+def make_connector(config: VLMConfig, width: int, side: int, embedding: Tensor) -> tuple[nn.Module, int]:
+    """``config.connector`` from patch features (batch, side², width) to (batch, N, d_model), and N; ``embedding``
+    is the LLM's token table (vocab_size, d_model), read for its width (and by ``words``, for its rows)."""
+    d_model = embedding.size(1)
+    if config.connector == "words":
+        return WordConnector(width, embedding, config.word_ids), side * side * len(config.word_ids)
     if config.connector == "linear":
         return nn.Linear(width, d_model), side * side
     if config.connector == "mlp":
@@ -197,7 +240,7 @@ class VisionLanguageModel(nn.Module):
             raise TypeError(f"config must be a VLMConfig, got {type(config).__name__}")
         self.config = config
         self.vision_tower = vision_tower.requires_grad_(False).eval()
-        self.connector, self.n_image_tokens = make_connector(config, width, side, llm.config.d_model)
+        self.connector, self.n_image_tokens = make_connector(config, width, side, llm.token_embedding.weight)
         self.llm = llm
 
     def train(self, mode: bool = True) -> VisionLanguageModel:
@@ -324,6 +367,26 @@ def vlm_batch(
 def vlm_loss(model: VisionLanguageModel, batch: Mapping[str, Tensor]) -> Tensor:
     """``train``'s loss_fn: the mean next-token cross-entropy on the answer tokens of a ``vlm_batch``."""
     return masked_next_token_loss(model(batch["images"], batch["input_ids"]), batch["targets"])
+
+
+def word_alignment_loss(model: VisionLanguageModel, images: Tensor, word_labels: Tensor) -> Tensor:
+    """Stage 1 for the ``words`` connector without the LLM: the cross-entropy of each patch's word logits against
+    word_labels (batch, P, slots), the index of the right word in each slot's ``word_ids``, summed over slots."""
+    if not isinstance(model, VisionLanguageModel) or not isinstance(model.connector, WordConnector):
+        raise TypeError("model must be a VisionLanguageModel with the 'words' connector")
+    with torch.no_grad():
+        features = patch_features(model.vision_tower, images)  # (batch, P, width)
+    slots = len(model.connector.slot_sizes)
+    if not isinstance(word_labels, Tensor) or word_labels.shape != (*features.shape[:2], slots):
+        raise ValueError(f"word_labels must be (batch, P, slots) = {(*features.shape[:2], slots)}, got "
+                         f"{getattr(word_labels, 'shape', type(word_labels).__name__)}")  # fmt: skip
+    if word_labels.dtype != torch.long:
+        raise TypeError(f"word_labels must be int64 word indices, got {word_labels.dtype}")
+    sizes = torch.tensor(model.connector.slot_sizes, device=word_labels.device)  # (slots,)
+    if bool(((word_labels < 0) | (word_labels >= sizes)).any()):
+        raise ValueError(f"word_labels must index each slot's words: in [0, n) for slot sizes {sizes.tolist()}")
+    logits = model.connector.word_logits(features)  # per slot (batch, P, n_words)
+    return sum(F.cross_entropy(slot.flatten(0, 1), word_labels[..., k].flatten()) for k, slot in enumerate(logits))
 
 
 def prepare_stage(

@@ -53,6 +53,8 @@ CONVERSATION_KINDS = ("vqa", "caption", "existence", "multi_turn")
 DEFAULT_MIX = {"vqa": 0.5, "caption": 0.15, "existence": 0.15, "multi_turn": 0.2}
 POPE_KINDS = ("random", "popular", "adversarial")  # how the absent objects of the "no" questions are drawn
 CAPTION_QUESTION = "describe the picture ."
+EMPTY_CELL_WORDS = ("empty", "space")  # grid_words: the colour and shape an empty cell says
+CORNER_WORD = "corner"  # grid_words: where a corner cell is, in one word
 PICTURE_PREFIX = "Picture: "  # the text bottleneck: the scene in words where the image tokens would be
 
 
@@ -72,6 +74,24 @@ def describe_scene(scene: Scene, config: SceneConfig = VQA_SCENES) -> str:
     sized = len(config.sizes) > 1
     phrases = [f"{obj.position}: {f'{obj.size} ' if sized else ''}{obj.colour} {obj.name}" for obj in objects]
     return "; ".join(phrases) + "."
+
+
+def grid_words(scene: Scene, config: SceneConfig = VQA_SCENES) -> list[tuple[str, str, str]]:
+    """The 3 x 3 grid in reading order, one (where, colour, shape) per cell, every one a single word: ``("top",
+    "red", "circle")``; an empty cell says ``"empty", "space"``; a corner cell's where is ``"corner"`` (its name has
+    two words). What chapter 9's ``words`` connector learns to write for each image patch."""
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene must be a Scene, got {type(scene).__name__}")
+    _check_scene_config(config)
+    if config.digits:
+        raise ValueError("config.digits must be False: a digit has no one-word shape")
+    by_cell = {obj.position: obj for obj in scene.objects}
+    words = []
+    for cell in POSITION_CELLS:
+        where = cell if " " not in cell else CORNER_WORD
+        obj = by_cell.get(cell)
+        words.append((where, *((obj.colour, obj.shape) if obj is not None else EMPTY_CELL_WORDS)))
+    return words
 
 
 def text_picture(description: str) -> str:

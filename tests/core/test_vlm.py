@@ -17,18 +17,21 @@ from mmcourse.vlm import (
     expand_image_placeholder,
     generate_answer,
     inverse_pixel_shuffle,
+    patch_features,
     pixel_shuffle,
     prepare_stage,
     vlm_batch,
     vlm_loss,
     vlm_prompt,
+    word_alignment_loss,
 )
 
 VOCAB = 40
 IMAGE = VOCAB  # the placeholder's id, one past the vocabulary: it is never embedded
 VIT = ViTConfig(image_size=16, patch_size=4, channels=3, d_model=16, n_heads=2, n_layers=1, d_ff=32)  # 4 x 4 patches
 CNN = CNNConfig(image_size=16, channels=3, widths=(8, 16), out_features=8)  # a 4 x 4 feature map, 16 wide
-IMAGE_TOKENS = {"linear": 16, "mlp": 16, "pixel_shuffle": 4, "resampler": 3}  # N for each connector
+IMAGE_TOKENS = {"linear": 16, "mlp": 16, "pixel_shuffle": 4, "resampler": 3, "words": 32}  # N for each connector
+WORD_IDS = ((11, 12, 13), (20, 21))  # the words connector's two slots: 16 patches x 2 slots = 32 image tokens
 
 
 def tiny_vlm(connector: str = "mlp", tower: str = "vit", seed: int = 0) -> VisionLanguageModel:
@@ -38,7 +41,8 @@ def tiny_vlm(connector: str = "mlp", tower: str = "vit", seed: int = 0) -> Visio
     with torch.no_grad():  # at GPT's init (std 0.02) the logits hardly move: noise gives them a trained model's scale
         for parameter in llm.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))
-    config = VLMConfig(image_token_id=IMAGE, connector=connector, n_queries=3, resampler_heads=2)
+    word_ids = WORD_IDS if connector == "words" else ()
+    config = VLMConfig(image_token_id=IMAGE, connector=connector, n_queries=3, resampler_heads=2, word_ids=word_ids)
     return VisionLanguageModel(vision_tower, llm, config)
 
 
@@ -148,6 +152,65 @@ def test_the_resampler_gives_n_queries_tokens_whatever_the_patch_count() -> None
     features = torch.randn(2, 16, 16)
     shuffled = features[:, torch.randperm(16)]  # cross-attention ignores the patches' order: positions must be in them
     torch.testing.assert_close(resampler(shuffled), resampler(features), atol=1e-5, rtol=1e-5)
+
+
+def test_the_words_connector_writes_mixtures_of_its_slots_word_embeddings() -> None:
+    model = tiny_vlm("words")
+    table = model.llm.token_embedding.weight
+    features = torch.randn(2, 16, 16)  # (batch, patches, width)
+    tokens = model.connector(features).view(2, 16, 2, 32)  # (batch, patch, slot, d_model)
+    for slot, ids in enumerate(WORD_IDS):
+        weights = model.connector.word_logits(features)[slot].softmax(-1)  # (batch, patch, n_words)
+        torch.testing.assert_close(tokens[:, :, slot], weights @ table[list(ids)])
+    buffers = dict(model.connector.named_buffers())
+    assert set(buffers) == {"words_0", "words_1"} and not any(p is table for p in model.connector.parameters())
+    assert buffers["words_0"].data_ptr() != table.data_ptr(), "a copy: the LLM's table is never trained through it"
+
+
+def test_word_alignment_trains_the_connector_without_the_llm() -> None:
+    model = tiny_vlm("words")
+    prepare_stage(model, 1)
+    pictures = images(4)
+    patch = torch.arange(16)
+    labels = torch.stack([patch % 3, patch // 8], dim=-1).expand(4, 16, 2).contiguous()  # (batch, P, slots)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    losses = []
+    for _ in range(200):
+        loss = word_alignment_loss(model, pictures, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], losses[::20]
+    assert all(p.grad is None for p in model.llm.parameters()), "the LLM never ran"
+    with torch.no_grad():
+        logits = model.connector.word_logits(patch_features(model.vision_tower, pictures))
+    predicted = torch.stack([slot.argmax(-1) for slot in logits], dim=-1)
+    assert torch.equal(predicted, labels), "one batch learned by heart"
+    with pytest.raises(ValueError, match=r"word_labels must be \(batch, P, slots\) = \(4, 16, 2\)"):
+        word_alignment_loss(model, pictures, labels[..., :1])
+    with pytest.raises(ValueError, match="must index each slot's words"):
+        word_alignment_loss(model, pictures, labels.masked_fill(labels == 1, 2))  # slot 1 has two words
+    with pytest.raises(TypeError, match="int64 word indices"):
+        word_alignment_loss(model, pictures, labels.float())
+    with pytest.raises(TypeError, match="with the 'words' connector"):
+        word_alignment_loss(tiny_vlm("mlp"), pictures, labels)
+
+
+def test_word_ids_are_checked_where_the_config_is_made() -> None:
+    with pytest.raises(ValueError, match="word_ids must be given for connector='words' and only for it"):
+        VLMConfig(image_token_id=IMAGE, connector="words")
+    with pytest.raises(ValueError, match="word_ids must be given for connector='words' and only for it"):
+        VLMConfig(image_token_id=IMAGE, connector="mlp", word_ids=WORD_IDS)
+    with pytest.raises(ValueError, match=r"word_ids\[1\] must hold at least two distinct token ids"):
+        VLMConfig(image_token_id=IMAGE, connector="words", word_ids=((1, 2), (3, 3)))
+    with pytest.raises(TypeError, match="word_ids must be a tuple of tuples"):
+        VLMConfig(image_token_id=IMAGE, connector="words", word_ids=[[1, 2]])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"word_ids\[0\] must be an int"):
+        VLMConfig(image_token_id=IMAGE, connector="words", word_ids=((1, "red"),))  # type: ignore[arg-type]
+    llm = tiny_vlm().llm
+    with pytest.raises(ValueError, match=r"token ids of the LLM's vocabulary \[0, 40\)"):
+        VisionLanguageModel(VisionTransformer(VIT), llm, VLMConfig(IMAGE, "words", word_ids=((1, VOCAB),)))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from mmcourse.data.conversations import (
     exact_match,
     existence_text,
     generate_conversations,
+    grid_words,
     named_objects,
     normalise_answer,
     pope_questions,
@@ -28,7 +29,7 @@ from mmcourse.data.conversations import (
     text_picture,
     vqa_conversations,
 )
-from mmcourse.data.scenes import Scene, SceneConfig, SceneObject, generate_scenes
+from mmcourse.data.scenes import POSITION_CELLS, Scene, SceneConfig, SceneObject, generate_scenes
 from mmcourse.data.vqa import VQA_SCENES, VQAConfig, generate_vqa, scene_questions
 from mmcourse.vlm import IMAGE_TOKEN, vlm_prompt
 
@@ -285,3 +286,20 @@ def test_scorers_reject_bad_input() -> None:
         Conversation(0, (("q", "a"),), "chat", ("colour",))
     with pytest.raises(TypeError, match="picture"):
         chat_prompt(Conversation(0, (("q", "a"),), "vqa", ("colour",)), picture=None)
+
+
+def test_grid_words_name_every_cell_in_reading_order_with_one_word_per_slot() -> None:
+    for scene in generate_scenes(50, VQA_SCENES, seed=3, split="train"):
+        words = grid_words(scene)
+        assert len(words) == 9 and all(len(cell) == 3 and all(" " not in w for w in cell) for cell in words)
+        by_cell = {obj.position: obj for obj in scene.objects}
+        for (where, colour, shape), cell in zip(words, POSITION_CELLS, strict=True):
+            assert where == (cell if " " not in cell else "corner")
+            obj = by_cell.get(cell)
+            assert (colour, shape) == ((obj.colour, obj.shape) if obj else ("empty", "space"))
+        described = describe_scene(scene)  # the same objects, in the same order
+        assert [f"{w}: {c} {s}" for w, c, s in words if c != "empty"] == described.rstrip(".").split("; ")
+    with pytest.raises(TypeError, match="scene must be a Scene"):
+        grid_words("top: red circle")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="config.digits must be False"):
+        grid_words(scene, SceneConfig())
