@@ -369,23 +369,37 @@ def vlm_loss(model: VisionLanguageModel, batch: Mapping[str, Tensor]) -> Tensor:
     return masked_next_token_loss(model(batch["images"], batch["input_ids"]), batch["targets"])
 
 
+def _word_connector(model: VisionLanguageModel) -> WordConnector:
+    if not isinstance(model, VisionLanguageModel) or not isinstance(model.connector, WordConnector):
+        raise TypeError(f"model must be a VisionLanguageModel with the 'words' connector, got {type(model).__name__}")
+    return model.connector
+
+
+def check_word_labels(model: VisionLanguageModel, word_labels: Tensor) -> None:
+    """The check that reads the labels, once, where they are made: word_labels (S, P, slots) int64, each an index
+    into its slot's ``word_ids``. ``word_alignment_loss`` checks shapes only."""
+    sizes = torch.tensor(_word_connector(model).slot_sizes)  # (slots,)
+    if not isinstance(word_labels, Tensor) or word_labels.dtype != torch.long:
+        got = getattr(word_labels, "dtype", type(word_labels).__name__)
+        raise TypeError(f"word_labels must be an int64 tensor of word indices, got {got}")
+    if word_labels.dim() != 3 or word_labels.size(-1) != len(sizes):
+        raise ValueError(f"word_labels must be (S, P, slots={len(sizes)}), got {tuple(word_labels.shape)}")
+    if bool(((word_labels < 0) | (word_labels >= sizes.to(word_labels.device))).any()):
+        raise ValueError(f"word_labels must index each slot's words: in [0, n) for slot sizes {sizes.tolist()}")
+
+
 def word_alignment_loss(model: VisionLanguageModel, images: Tensor, word_labels: Tensor) -> Tensor:
     """Stage 1 for the ``words`` connector without the LLM: the cross-entropy of each patch's word logits against
-    word_labels (batch, P, slots), the index of the right word in each slot's ``word_ids``, summed over slots."""
-    if not isinstance(model, VisionLanguageModel) or not isinstance(model.connector, WordConnector):
-        raise TypeError("model must be a VisionLanguageModel with the 'words' connector")
+    word_labels (batch, P, slots), the index of the right word in each slot's ``word_ids`` (``check_word_labels``
+    reads them once), summed over slots."""
+    connector = _word_connector(model)
     with torch.no_grad():
         features = patch_features(model.vision_tower, images)  # (batch, P, width)
-    slots = len(model.connector.slot_sizes)
-    if not isinstance(word_labels, Tensor) or word_labels.shape != (*features.shape[:2], slots):
-        raise ValueError(f"word_labels must be (batch, P, slots) = {(*features.shape[:2], slots)}, got "
+    expected = (*features.shape[:2], len(connector.slot_sizes))
+    if not isinstance(word_labels, Tensor) or word_labels.shape != expected:
+        raise ValueError(f"word_labels must be (batch, P, slots) = {expected}, got "
                          f"{getattr(word_labels, 'shape', type(word_labels).__name__)}")  # fmt: skip
-    if word_labels.dtype != torch.long:
-        raise TypeError(f"word_labels must be int64 word indices, got {word_labels.dtype}")
-    sizes = torch.tensor(model.connector.slot_sizes, device=word_labels.device)  # (slots,)
-    if bool(((word_labels < 0) | (word_labels >= sizes)).any()):
-        raise ValueError(f"word_labels must index each slot's words: in [0, n) for slot sizes {sizes.tolist()}")
-    logits = model.connector.word_logits(features)  # per slot (batch, P, n_words)
+    logits = connector.word_logits(features)  # per slot (batch, P, n_words)
     return sum(F.cross_entropy(slot.flatten(0, 1), word_labels[..., k].flatten()) for k, slot in enumerate(logits))
 
 

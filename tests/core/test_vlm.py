@@ -14,6 +14,7 @@ from mmcourse.vlm import (
     Resampler,
     VisionLanguageModel,
     VLMConfig,
+    check_word_labels,
     expand_image_placeholder,
     generate_answer,
     inverse_pixel_shuffle,
@@ -189,10 +190,13 @@ def test_word_alignment_trains_the_connector_without_the_llm() -> None:
     assert torch.equal(predicted, labels), "one batch learned by heart"
     with pytest.raises(ValueError, match=r"word_labels must be \(batch, P, slots\) = \(4, 16, 2\)"):
         word_alignment_loss(model, pictures, labels[..., :1])
+    check_word_labels(model, labels)
     with pytest.raises(ValueError, match="must index each slot's words"):
-        word_alignment_loss(model, pictures, labels.masked_fill(labels == 1, 2))  # slot 1 has two words
-    with pytest.raises(TypeError, match="int64 word indices"):
-        word_alignment_loss(model, pictures, labels.float())
+        check_word_labels(model, labels.masked_fill(labels == 1, 2))  # slot 1 has two words
+    with pytest.raises(TypeError, match="int64 tensor of word indices"):
+        check_word_labels(model, labels.float())
+    with pytest.raises(ValueError, match=r"\(S, P, slots=2\)"):
+        check_word_labels(model, labels[..., :1])
     with pytest.raises(TypeError, match="with the 'words' connector"):
         word_alignment_loss(tiny_vlm("mlp"), pictures, labels)
 
