@@ -7,8 +7,6 @@ import torch
 
 from mmcourse.diffusion import (
     NoiseSchedule,
-    UNet,
-    UNetConfig,
     classifier_free_guidance,
     cosine_alphas_cumprod,
     cosine_schedule,
@@ -26,8 +24,8 @@ from mmcourse.diffusion import (
     q_sample,
     q_step,
     signed_to_pixels,
-    timestep_embedding,
 )
+from mmcourse.unet import UNet, UNetConfig, timestep_embedding
 
 TINY = UNetConfig(image_size=16, widths=(16, 32), time_dim=16, embedding_dim=32, condition_dim=6, groups=4)
 
