@@ -33,11 +33,14 @@ class UNetConfig:
     embedding_dim: int = 128  # width of the timestep (+ condition) embedding that modulates every block
     condition_dim: int = 0  # width of the condition vector (caption encoding, class embedding); 0: unconditional
     groups: int = 8  # GroupNorm groups; must divide every width
+    coordinates: bool = False  # two extra input channels with each pixel's (x, y) in [-1, 1] (CoordConv)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "time_dim", "embedding_dim", "groups"):
             check_positive_int(name, getattr(self, name))
         check_int("condition_dim", self.condition_dim, minimum=0)
+        if not isinstance(self.coordinates, bool):
+            raise TypeError(f"coordinates must be a bool, got {self.coordinates!r}")
         if self.time_dim % 2:
             raise ValueError(f"time_dim must be even (sines and cosines), got {self.time_dim}")
         if not isinstance(self.widths, tuple) or not self.widths:
@@ -85,7 +88,8 @@ class UNet(nn.Module):
         widths, dim, groups = config.widths, config.embedding_dim, config.groups
         self.time_mlp = nn.Sequential(nn.Linear(config.time_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.condition_projection = nn.Linear(config.condition_dim, dim) if config.condition_dim else None
-        self.conv_in = nn.Conv2d(config.channels, widths[0], 3, padding=1)
+        extra = 2 if config.coordinates else 0  # the x and y channels
+        self.conv_in = nn.Conv2d(config.channels + extra, widths[0], 3, padding=1)
         self.down_blocks, self.downsamples = nn.ModuleList(), nn.ModuleList()
         previous = widths[0]
         for level, width in enumerate(widths):
@@ -119,6 +123,8 @@ class UNet(nn.Module):
         (batch, C, H, W)."""
         self._check_inputs(x, timesteps, condition)
         embedding = self.embed(timesteps, condition)  # (batch, embedding_dim)
+        if self.config.coordinates:
+            x = torch.cat([x, self.coordinate_channels(x)], dim=1)  # (batch, C + 2, H, W)
         h, skips = self.conv_in(x), []  # (batch, widths[0], H, W)
         for block, downsample in zip(self.down_blocks, self.downsamples, strict=True):
             h = block(h, embedding)  # (batch, width, H / 2^level, W / 2^level)
@@ -129,6 +135,16 @@ class UNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), embedding)  # (batch, width, H / 2^level, W / 2^level)
             h = upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))  # (batch, C, H, W)
+
+    @staticmethod
+    def coordinate_channels(x: Tensor) -> Tensor:
+        """(batch, 2, H, W): each pixel's column and row, from -1 to 1. A convolution sees only a neighbourhood and
+        cannot tell where it is; with these channels it can, so a condition such as "on the left" has something to
+        act on (CoordConv: Liu et al., 2018). FiLM's scale and shift are the same at every pixel."""
+        batch, _, height, width = x.shape
+        rows = torch.linspace(-1, 1, height, device=x.device, dtype=x.dtype)[:, None].expand(height, width)
+        columns = torch.linspace(-1, 1, width, device=x.device, dtype=x.dtype)[None, :].expand(height, width)
+        return torch.stack([columns, rows])[None].expand(batch, 2, height, width)
 
     def _check_inputs(self, x: Tensor, timesteps: Tensor, condition: Tensor | None) -> None:
         """Shapes and dtypes only: nothing here reads the data."""

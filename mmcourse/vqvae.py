@@ -289,6 +289,23 @@ class VQVAE(nn.Module):
         quantised = self.quantiser.codebook[indices].permute(0, 3, 1, 2)  # (batch, D, h, w)
         return self.decoder(quantised)
 
+    def encode_latents(self, images: Tensor) -> Tensor:
+        """images (batch, C, H, W) → their code vectors (batch, D, h, w), the codebook rows ``encode`` picks: the
+        continuous latents a latent diffusion model learns to generate."""
+        return self.quantiser.codebook[self.encode(images)].permute(0, 3, 1, 2)  # (batch, D, h, w)
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """latents (batch, D, h, w), e.g. sampled by a diffusion model → each vector snapped to its nearest code →
+        images (batch, C, H, W), near [0, 1]."""
+        dim = self.config.code_dim
+        if not isinstance(latents, Tensor) or latents.dim() != 4 or latents.size(1) != dim:
+            found = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
+            raise ValueError(f"latents must be (batch, code_dim={dim}, h, w), got {found}")
+        batch, _, height, width = latents.shape
+        vectors = latents.permute(0, 2, 3, 1).reshape(-1, dim)  # (batch·h·w, D)
+        indices = nearest_codes(vectors, self.quantiser.codebook).reshape(batch, height, width)  # (batch, h, w)
+        return self.decode(indices)
+
 
 def vqvae_loss(model: VQVAE, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """For :func:`mmcourse.train.train`: the VQ-VAE loss, and as metrics the reconstruction error and the batch's

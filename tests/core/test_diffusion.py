@@ -239,6 +239,19 @@ def test_the_unet_predicts_noise_of_the_image_shape_and_starts_at_zero() -> None
     assert 200_000 < sum(p.numel() for p in UNet(UNetConfig(condition_dim=64)).parameters()) < 1_000_000
 
 
+def test_coordinate_channels_tell_the_unet_where_each_pixel_is() -> None:
+    x = gaussian(2, 3, 16, 16)
+    channels = UNet.coordinate_channels(x)  # (2, 2, 16, 16): column, row
+    assert channels.shape == (2, 2, 16, 16)
+    torch.testing.assert_close(channels[0, :, 0, 0], torch.tensor([-1.0, -1.0]))  # top left
+    torch.testing.assert_close(channels[1, :, 15, 0], torch.tensor([-1.0, 1.0]))  # bottom left
+    torch.testing.assert_close(channels[0, 0, 3], torch.linspace(-1, 1, 16))  # x grows along a row
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(**{**TINY.__dict__, "coordinates": True}))
+    assert model.conv_in.in_channels == TINY.channels + 2
+    assert model(x, torch.tensor([0, 5]), gaussian(2, 6)).shape == x.shape
+
+
 def test_seeded_sampling_repeats_exactly() -> None:
     model, schedule = tiny_unet(), linear_schedule(25)
     condition = gaussian(2, 6, seed=1)
@@ -367,6 +380,7 @@ def test_unet_input_errors_say_what_was_expected() -> None:
         ("condition_dim", -1, ValueError),
         ("embedding_dim", 2.0, TypeError),
         ("groups", 0, ValueError),
+        ("coordinates", 1, TypeError),
     ],
 )
 def test_unet_config_errors_name_the_field(field: str, value: object, error: type[Exception]) -> None:
