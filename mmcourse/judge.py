@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmcourse.checks import check_int, check_positive_int, check_stage_widths
+from mmcourse.generation import evaluating
 from mmcourse.vision import check_images
 
 SYMMETRY_TOLERANCE = 1e-6  # relative: max |M - M^T| <= tolerance · max |M| counts as symmetric
@@ -113,26 +114,20 @@ class AttributeJudge(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """images (batch, C, H, W) in [0, 1] → {head name: logits (batch, classes)}."""
-        check_images(images, self.config.channels, self.config.image_size)
-        features = self.body(images)  # (batch, hidden)
+        features = self.features(images)  # (batch, hidden)
         return {name: head(features) for name, head in self.heads.items()}  # each (batch, classes)
 
-    @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 256) -> dict[str, Tensor]:
         """{head name: predicted class (batch,) int64, on the CPU}, ``batch_size`` images at a time (moved to the
-        model's device), in eval mode; the model's mode is restored afterwards."""
+        model's device), in eval mode without gradients; the model's mode is restored afterwards."""
         check_images(images, self.config.channels, self.config.image_size)
         check_positive_int("batch_size", batch_size)
         device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        try:
-            chunks: dict[str, list[Tensor]] = {name: [torch.empty(0, dtype=torch.int64)] for name in self.heads}
+        chunks: dict[str, list[Tensor]] = {name: [torch.empty(0, dtype=torch.int64)] for name in self.heads}
+        with evaluating(self):
             for chunk in images.split(batch_size):
                 for name, logits in self(chunk.to(device)).items():  # logits: (chunk, classes)
                     chunks[name].append(logits.argmax(dim=1).cpu())  # (chunk,)
-        finally:
-            self.train(was_training)
         return {name: torch.cat(parts) for name, parts in chunks.items()}  # each (batch,)
 
 
